@@ -1,0 +1,314 @@
+"""The derived architecture as plain JSON, and the one walker over it.
+
+An arch file rebuilds its network without the space file. Two kinds:
+
+* ``blocks`` (ProxylessNAS, FBNet): ``stem``, ``layers`` and ``head`` are op dicts
+  (``{"op": "mbconv", "out": 40, "stride": 2, "k": 5, "e": 3, "groups": 1, "act": "relu6"}``);
+  a block dropped by ``zero`` is simply absent.
+* ``cells`` (DARTS): ``C``, ``layers``, ``stem_multiplier``, ``reduce_at``, ``classes`` and the
+  ``genotype``: for each of ``normal`` and ``reduce``, two ``[op, input]`` pairs per node, where
+  input 0 and 1 are the cell's inputs and ``2 + j`` is intermediate node ``j``.
+
+:func:`walk` turns an arch into a :class:`Plan`: the op calls in execution order with the indices
+of their inputs. Building (:class:`PlanNet`), pricing (LUT), FLOP counting and profiling all read
+the plan, so they cannot disagree about what a network contains.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.errors import HwnasError
+from hwnas.ops import OpCall, OpError, Shape, get_op, make_call
+
+SCHEMA = "hwnas.arch/1"
+KINDS = ("blocks", "cells")
+
+
+class ArchError(HwnasError):
+    """An arch file or dict that does not describe a buildable network."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """One op call in a plan; ``inputs`` index earlier nodes, ``-1`` is the network input."""
+
+    call: OpCall
+    inputs: tuple[int, ...]
+    where: str  # human-readable location, e.g. "layers[3]" or "cell 2 node 1 edge 0"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A network as a DAG of op calls in topological order; the last node is the output."""
+
+    in_shape: Shape
+    nodes: tuple[Node, ...]
+
+    @property
+    def calls(self) -> list[OpCall]:
+        return [n.call for n in self.nodes]
+
+    def priced_calls(self) -> list[OpCall]:
+        """Calls that the LUT prices (everything but ``zero``/``none``)."""
+        return [n.call for n in self.nodes if n.call.priced]
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A derived architecture: plain data, validated on construction by walking it once.
+
+    ``body`` holds the kind-specific fields (see the module docstring); ``info`` holds free-form
+    provenance (predicted latency, budget, strategy, seed, LUT hash) that does not affect the net.
+    """
+
+    kind: str
+    space: str
+    input: Shape
+    body: Mapping[str, Any]
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # walking validates (raises ArchError naming the field at fault); keep the plan
+        object.__setattr__(self, "_plan", walk(self))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "kind": self.kind,
+            "space": self.space,
+            "input": list(self.input),
+            **_plain(dict(self.body)),
+            "info": _plain(dict(self.info)),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
+
+    def with_info(self, **info: Any) -> Arch:
+        return Arch(self.kind, self.space, self.input, self.body, {**self.info, **info})
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "arch") -> Arch:
+        """Validate a parsed arch JSON; errors name ``source`` and the field."""
+        if not isinstance(data, dict):
+            raise ArchError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise ArchError(
+                f"{source}: schema {schema!r} is not {SCHEMA!r}; re-derive it with this hwnas "
+                "version (hwnas sample/search write the current schema)"
+            )
+        kind = data.get("kind")
+        if kind not in KINDS:
+            raise ArchError(f"{source}: field 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+        body_fields = _BLOCK_FIELDS if kind == "blocks" else _CELL_FIELDS
+        allowed = {"schema", "kind", "space", "input", "info", *body_fields}
+        extra = sorted(set(data) - allowed)
+        missing = sorted({"space", "input", *body_fields} - set(data))
+        if missing:
+            raise ArchError(f"{source}: missing field(s) {', '.join(missing)} for a {kind!r} arch")
+        if extra:
+            raise ArchError(f"{source}: unexpected field(s) {', '.join(extra)}; remove them")
+        inp = data["input"]
+        if not (isinstance(inp, list) and len(inp) == 3 and all(_is_pos_int(v) for v in inp)):
+            raise ArchError(f"{source}: field 'input' must be [C, H, W] positive ints, got {inp!r}")
+        info = data.get("info", {})
+        if not isinstance(info, dict):
+            raise ArchError(f"{source}: field 'info' must be an object")
+        body = {k: data[k] for k in body_fields}
+        try:
+            return cls(kind, str(data["space"]), tuple(inp), body, info)  # type: ignore[arg-type]
+        except ArchError as e:
+            raise ArchError(f"{source}: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Arch:
+        """Read and validate an arch JSON file."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except FileNotFoundError:
+            raise ArchError(f"{p}: no such arch file") from None
+        except OSError as e:
+            raise ArchError(f"{p}: cannot read ({e.strerror})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ArchError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        return cls.from_dict(data, str(p))
+
+    @property
+    def plan(self) -> Plan:
+        return self._plan  # type: ignore[attr-defined]
+
+    def build(self) -> PlanNet:
+        """A fresh (randomly initialised) network for this arch."""
+        return PlanNet(self.plan)
+
+
+_BLOCK_FIELDS = ("stem", "layers", "head")
+_CELL_FIELDS = ("C", "layers", "stem_multiplier", "reduce_at", "classes", "genotype")
+
+
+def _is_pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _plain(obj: Any) -> Any:
+    """Tuples to lists, recursively, so the dict is plain JSON data."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _op_dict(d: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(d, dict) or "op" not in d:
+        raise ArchError(f"{where} must be an object with an 'op' field, got {d!r}")
+    params = {k: v for k, v in d.items() if k != "op"}
+    return str(d["op"]), params
+
+
+def walk(arch: Arch) -> Plan:
+    """The one walker: the arch's op calls in order, with shapes propagated and checked."""
+    nodes = list(_walk_blocks(arch) if arch.kind == "blocks" else _walk_cells(arch))
+    return Plan(tuple(arch.input), tuple(nodes))
+
+
+class _Builder:
+    def __init__(self, in_shape: Shape) -> None:
+        self.nodes: list[Node] = []
+        self.shapes: dict[int, Shape] = {-1: in_shape}
+
+    def add(self, op: str, params: Mapping[str, Any], inputs: tuple[int, ...], where: str) -> int:
+        shape = self.shapes[inputs[0]]
+        for i in inputs[1:]:
+            if self.shapes[i] != shape:
+                raise ArchError(f"{where}: inputs have shapes {self.shapes[inputs[0]]} and {self.shapes[i]}")
+        try:
+            call = make_call(op, params, shape)
+            out = call.out_shape
+        except OpError as e:
+            raise ArchError(f"{where}: {e}") from None
+        self.nodes.append(Node(call, inputs, where))
+        idx = len(self.nodes) - 1
+        self.shapes[idx] = out
+        return idx
+
+
+def _walk_blocks(arch: Arch) -> Iterator[Node]:
+    b = _Builder(arch.input)
+    layers = arch.body["layers"]
+    if not isinstance(layers, list):
+        raise ArchError("field 'layers' must be a list of op objects")
+    prev = -1
+    for where, d in [("stem", arch.body["stem"]), *((f"layers[{i}]", d) for i, d in enumerate(layers))]:
+        op, params = _op_dict(d, where)
+        if op == "head":
+            raise ArchError(f"{where}: 'head' belongs in the 'head' field")
+        prev = b.add(op, params, (prev,), where)
+    op, params = _op_dict(arch.body["head"], "head")
+    if op != "head":
+        raise ArchError(f"head: op must be 'head', got {op!r}")
+    b.add(op, params, (prev,), "head")
+    yield from b.nodes
+
+
+def _walk_cells(arch: Arch) -> Iterator[Node]:
+    body = arch.body
+    for f in ("C", "layers", "stem_multiplier", "classes"):
+        if not _is_pos_int(body[f]):
+            raise ArchError(f"field {f!r} must be a positive integer, got {body[f]!r}")
+    n_layers = body["layers"]
+    reduce_at = body["reduce_at"]
+    if not (isinstance(reduce_at, list) and all(isinstance(r, int) and 0 <= r < n_layers for r in reduce_at)):
+        raise ArchError(f"field 'reduce_at' must list cell indices in [0, {n_layers}), got {reduce_at!r}")
+    geno = body["genotype"]
+    if not isinstance(geno, dict) or set(geno) != {"normal", "reduce"}:
+        raise ArchError("field 'genotype' must be an object with exactly 'normal' and 'reduce'")
+    n_nodes = _check_cell(geno["normal"], "genotype.normal")
+    if _check_cell(geno["reduce"], "genotype.reduce") != n_nodes:
+        raise ArchError("genotype.normal and genotype.reduce must have the same number of nodes")
+
+    C = body["C"]
+    b = _Builder(arch.input)
+    stem = b.add("conv_bn_act", {"out": body["stem_multiplier"] * C, "k": 3, "stride": 1, "act": "none"}, (-1,), "stem")
+    s0 = s1 = stem
+    c_cur, red_prev = C, False
+    for i in range(n_layers):
+        red = i in reduce_at
+        if red:
+            c_cur *= 2
+        cell = "reduce" if red else "normal"
+        where = f"cell {i}"
+        if red_prev:
+            p0 = b.add("factorized_reduce", {"out": c_cur}, (s0,), f"{where} preprocess0")
+        else:
+            p0 = b.add("relu_conv_bn", {"out": c_cur, "k": 1, "stride": 1}, (s0,), f"{where} preprocess0")
+        p1 = b.add("relu_conv_bn", {"out": c_cur, "k": 1, "stride": 1}, (s1,), f"{where} preprocess1")
+        states = [p0, p1]
+        for j in range(n_nodes):
+            outs = []
+            for e in range(2):
+                op, src = geno[cell][2 * j + e]
+                stride = 2 if red and src < 2 else 1
+                outs.append(b.add(op, {"stride": stride}, (states[src],), f"{where} ({cell}) node {j} edge {e}"))
+            states.append(b.add("add", {"n": 2}, tuple(outs), f"{where} node {j} sum"))
+        out = b.add("concat", {"n": n_nodes}, tuple(states[2:]), f"{where} concat")
+        s0, s1, red_prev = s1, out, red
+    b.add("head", {"mix": 0, "classes": body["classes"], "act": "none"}, (s1,), "head")
+    yield from b.nodes
+
+
+def _check_cell(edges: Any, where: str) -> int:
+    if not isinstance(edges, list) or not edges or len(edges) % 2:
+        raise ArchError(f"{where} must be a non-empty list of [op, input] pairs, two per node")
+    for i, edge in enumerate(edges):
+        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str) and isinstance(edge[1], int)):
+            raise ArchError(f"{where}[{i}] must be [op, input], got {edge!r}")
+        op, src = edge
+        node = i // 2
+        if not 0 <= src < 2 + node:
+            raise ArchError(f"{where}[{i}]: input {src} must be in [0, {2 + node}) for node {node}")
+        if op == "none":
+            raise ArchError(f"{where}[{i}]: 'none' is not kept in a derived cell; pick another op")
+        try:
+            spec = get_op(op)
+        except OpError as e:
+            raise ArchError(f"{where}[{i}]: {e}") from None
+        if spec.params != ("stride",):
+            raise ArchError(f"{where}[{i}]: {op!r} is not a cell edge op")
+    return len(edges) // 2
+
+
+class PlanNet(nn.Module):
+    """Executes a :class:`Plan`: one module per node, each fed the outputs of its inputs."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__()
+        self.plan = plan
+        self.nodes = nn.ModuleList([n.call.build() for n in plan.nodes])
+        self._inputs = [n.inputs for n in plan.nodes]
+        # free an output as soon as its last consumer ran (keeps peak memory low)
+        last_use: dict[int, int] = {}
+        for i, ins in enumerate(self._inputs):
+            for j in ins:
+                last_use[j] = i
+        self._release = [[j for j, last in last_use.items() if last == i and j >= 0] for i in range(len(self._inputs))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: dict[int, torch.Tensor] = {-1: x}
+        for i, (mod, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
+            outs[i] = mod(*(outs[j] for j in ins))
+            for j in self._release[i]:
+                del outs[j]
+        return outs[len(self.nodes) - 1]

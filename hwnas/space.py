@@ -1,0 +1,336 @@
+"""Search spaces: load a declarative space file, expand it, sample and enumerate its archs.
+
+A space file is TOML (see ``search_spaces/``). Humans write candidate *grids*
+(``{ op = "mbconv", k = [3, 5, 7], e = [3, 6] }``); :func:`expand_grid` is the one normaliser
+that turns them into the canonical list of :class:`Choice`. Two kinds:
+
+* ``blocks``: a stem, stages of layers (``out``, ``depth``, first-layer ``stride``,
+  ``candidates``), a head. ``zero`` is offered only where a layer keeps its shape.
+* ``cells``: the DARTS cell space (``C``, ``layers``, ``nodes``, ``stem_multiplier``, ``ops``);
+  reduction cells sit at 1/3 and 2/3 of the depth.
+
+Input size and width multiplier are parameters of a loaded space (:meth:`Space.with_params`), so
+the same space is priced at 224 or at 32.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hwnas.arch import Arch, ArchError
+from hwnas.errors import HwnasError
+from hwnas.ops import DARTS_OPS, OpCall, OpError, canonical_value, get_op
+
+SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+class SpaceError(HwnasError):
+    """A space name or file that cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One candidate of a layer: op and its params, without ``out``/``stride`` (the layer's)."""
+
+    op: str
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        """Short human name: ``mbconv_k3_e6``, ``mbconv_k5_e1_g2``, ``zero``, ``skip``."""
+        p = dict(self.params)
+        if self.op != "mbconv":
+            return self.op
+        g = f"_g{p['groups']}" if p.get("groups", 1) != 1 else ""
+        return f"mbconv_k{p['k']}_e{p['e']}{g}"
+
+    def layer(self, out: int, stride: int) -> dict[str, Any]:
+        return {"op": self.op, **dict(self.params), "out": out, "stride": stride}
+
+
+def expand_grid(cands: Any, defaults: Mapping[str, Any], where: str) -> list[Choice]:
+    """Normalise candidate grids into the canonical, de-duplicated list of choices.
+
+    Each list-valued field is a grid axis; ``defaults`` fill params the op takes but the entry
+    omits (e.g. ``groups = 1``, the space's ``act``). Order: as written, grid in row-major order.
+    """
+    if not isinstance(cands, list) or not cands:
+        raise SpaceError(f"{where}: 'candidates' must be a non-empty list")
+    out: list[Choice] = []
+    for i, c in enumerate(cands):
+        if not isinstance(c, dict) or "op" not in c:
+            raise SpaceError(f"{where}.candidates[{i}]: must be a table with an 'op' field")
+        try:
+            spec = get_op(str(c["op"]))
+        except OpError as e:
+            raise SpaceError(f"{where}.candidates[{i}]: {e}") from None
+        fields = {k: v for k, v in c.items() if k != "op"}
+        bad = [k for k in fields if k not in spec.params or k in ("out", "stride")]
+        if bad:
+            raise SpaceError(
+                f"{where}.candidates[{i}]: op {spec.name!r} does not take {', '.join(bad)} here "
+                f"(out and stride come from the stage)"
+            )
+        for k in spec.params:
+            if k not in fields and k not in ("out", "stride") and k in defaults:
+                fields[k] = defaults[k]
+        axes = [(k, v if isinstance(v, list) else [v]) for k, v in sorted(fields.items())]
+        if any(not vals for _, vals in axes):
+            raise SpaceError(f"{where}.candidates[{i}]: an empty grid axis gives no candidates")
+        for combo in itertools.product(*(vals for _, vals in axes)):
+            try:
+                params = tuple((k, canonical_value(v)) for (k, _), v in zip(axes, combo, strict=True))
+            except OpError as e:
+                raise SpaceError(f"{where}.candidates[{i}]: {e}") from None
+            ch = Choice(spec.name, params)
+            if ch not in out:
+                out.append(ch)
+    return out
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor`` without dropping more than 10% (MobileNetV2)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One layer position of a block space: fixed ``out``/``stride``, its candidate choices."""
+
+    index: int
+    stage: int
+    out: int
+    stride: int
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class Space:
+    """A loaded space at a given input size and width multiplier (see module docstring)."""
+
+    name: str
+    kind: str
+    source: str
+    input_size: int
+    in_channels: int
+    num_classes: int
+    width_mult: float
+    raw: Mapping[str, Any]
+
+    # -- parameters -------------------------------------------------------------------------
+    def with_params(self, input_size: int | None = None, width_mult: float | None = None) -> Space:
+        """The same space at another input size (pixels) and/or width multiplier."""
+        sp = replace(
+            self,
+            input_size=self.input_size if input_size is None else int(input_size),
+            width_mult=self.width_mult if width_mult is None else float(width_mult),
+        )
+        sp.validate()
+        return sp
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+    def describe(self) -> str:
+        return f"{self.name} @ {self.input_size}px x{self.width_mult:g}"
+
+    # -- block spaces -----------------------------------------------------------------------
+    def _ch(self, c: int) -> int:
+        return c if self.width_mult == 1 else make_divisible(c * self.width_mult)
+
+    def stem(self) -> dict[str, Any]:
+        st = self.raw["stem"]
+        return {
+            "op": "conv_bn_act", "out": self._ch(st["out"]), "k": st.get("k", 3),
+            "stride": st.get("stride", 2), "act": st.get("act", self.raw.get("act", "relu6")),
+        }  # fmt: skip
+
+    def head(self) -> dict[str, Any]:
+        hd = self.raw.get("head", {})
+        mix = int(hd.get("mix", 0))
+        # like MobileNetV2, the last feature-mix conv only grows with the width multiplier
+        mix = make_divisible(mix * self.width_mult) if self.width_mult > 1 and mix else mix
+        return {"op": "head", "mix": mix, "classes": self.num_classes, "act": hd.get("act", self.raw.get("act", "relu6"))}
+
+    def slots(self) -> list[Slot]:
+        """The layers of a block space, each with the choices it offers."""
+        if self.kind != "blocks":
+            raise SpaceError(f"space {self.name!r} is a cell space; it has no layer slots")
+        defaults = {"groups": 1, "act": self.raw.get("act", "relu6")}
+        slots: list[Slot] = []
+        c_prev = self._ch(self.raw["stem"]["out"])
+        for si, stage in enumerate(self.raw["stages"]):
+            where = f"stages[{si}]"
+            choices = expand_grid(stage.get("candidates"), defaults, where)
+            out = self._ch(stage["out"])
+            for d in range(int(stage["depth"])):
+                stride = int(stage.get("stride", 1)) if d == 0 else 1
+                keeps = stride == 1 and out == c_prev
+                cs = tuple(c for c in choices if keeps or c.op != "zero")
+                if not cs:
+                    raise SpaceError(f"{where}: layer {d} changes shape, so 'zero' alone cannot fill it")
+                slots.append(Slot(len(slots), si, out, stride, cs))
+                c_prev = out
+        return slots
+
+    def blocks_arch(self, picks: list[Choice], info: Mapping[str, Any] | None = None) -> Arch:
+        """The arch with ``picks[i]`` at slot ``i``; ``zero`` layers are left out."""
+        slots = self.slots()
+        if len(picks) != len(slots):
+            raise SpaceError(f"{self.name}: {len(picks)} choices given for {len(slots)} layers")
+        layers = [c.layer(s.out, s.stride) for s, c in zip(slots, picks, strict=True) if c.op != "zero"]
+        body = {"stem": self.stem(), "layers": layers, "head": self.head()}
+        return Arch("blocks", self.name, self.input_shape, body, dict(info or {}))
+
+    # -- cell spaces ------------------------------------------------------------------------
+    @property
+    def cell_ops(self) -> list[str]:
+        return list(self.raw["ops"])
+
+    def cells_arch(self, genotype: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> Arch:
+        r = self.raw
+        n = int(r["layers"])
+        body = {
+            "C": max(1, int(round(int(r["C"]) * self.width_mult))),
+            "layers": n,
+            "stem_multiplier": int(r.get("stem_multiplier", 3)),
+            "reduce_at": sorted({n // 3, 2 * n // 3}),
+            "classes": self.num_classes,
+            "genotype": {k: [list(e) for e in genotype[k]] for k in ("normal", "reduce")},
+        }
+        return Arch("cells", self.name, self.input_shape, body, dict(info or {}))
+
+    # -- all kinds --------------------------------------------------------------------------
+    def sample(self, rng: random.Random) -> Arch:
+        """A uniformly random valid arch of the space."""
+        if self.kind == "blocks":
+            return self.blocks_arch([rng.choice(s.choices) for s in self.slots()])
+        ops = [o for o in self.cell_ops if o != "none"]
+        nodes = int(self.raw["nodes"])
+
+        def cell() -> list[list[Any]]:
+            edges: list[list[Any]] = []
+            for j in range(nodes):
+                for src in sorted(rng.sample(range(2 + j), 2)):
+                    edges.append([rng.choice(ops), src])
+            return edges
+
+        return self.cells_arch({"normal": cell(), "reduce": cell()})
+
+    def probe_archs(self) -> list[tuple[str, Arch]]:
+        """Archs that together contain every op call the space can ask for.
+
+        Blocks: one net per distinct choice, that choice in every layer offering it (layer shapes
+        do not depend on choices, so this covers every (layer, choice) pair). Cells: one genotype
+        per op, that op on edges from both cell inputs and from intermediate nodes (covering the
+        stride-2 and stride-1 edges of reduction cells). They double as calibration probes.
+        """
+        probes: list[tuple[str, Arch]] = []
+        if self.kind == "blocks":
+            slots = self.slots()
+            seen: list[Choice] = []
+            for s in slots:
+                seen += [c for c in s.choices if c not in seen]
+            for c in seen:
+                picks = [c if c in s.choices else s.choices[0] for s in slots]
+                probes.append((f"all-{c.label}", self.blocks_arch(picks)))
+            return probes
+        nodes = int(self.raw["nodes"])
+        srcs = [(0, 1)] + [(j - 1, j + 1) for j in range(1, nodes)]  # node j reads j-1 and j+1
+        for op in self.cell_ops:
+            if op == "none":
+                continue
+            cell = [[op, s] for pair in srcs for s in pair]
+            probes.append((f"all-{op}", self.cells_arch({"normal": cell, "reduce": cell})))
+        return probes
+
+    def calls(self) -> list[OpCall]:
+        """Every unique priced op call the space can ask for, in first-seen order."""
+        seen: dict[str, OpCall] = {}
+        for _, arch in self.probe_archs():
+            for call in arch.plan.priced_calls():
+                seen.setdefault(call.key, call)
+        return list(seen.values())
+
+    def validate(self) -> None:
+        """Expand the space and walk its probe archs; raises :class:`SpaceError` on any problem."""
+        try:
+            if self.kind == "blocks":
+                self.slots()
+            self.probe_archs()
+        except (ArchError, OpError) as e:
+            raise SpaceError(f"{self.source}: {e} (at input size {self.input_size}, width x{self.width_mult:g})") from None
+
+
+_REQUIRED = {
+    "blocks": ("stem", "stages"),
+    "cells": ("C", "layers", "nodes", "ops"),
+}
+
+
+def builtin_spaces() -> list[str]:
+    """Names of the space files shipped in ``search_spaces/``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.toml"))
+
+
+def load_space(name_or_path: str | Path, input_size: int | None = None, width_mult: float | None = None) -> Space:
+    """Load a space by shipped name (``darts``, ``proxyless``, ``fbnet``, ``tiny``...) or file path."""
+    p = Path(name_or_path)
+    if p.suffix != ".toml" and not p.exists():
+        p = SPACES_DIR / f"{name_or_path}.toml"
+        if not p.exists():
+            raise SpaceError(
+                f"unknown space {str(name_or_path)!r}; shipped spaces: {', '.join(builtin_spaces())} "
+                "(or pass a path to a .toml space file)"
+            )
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpaceError(f"{p}: no such space file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpaceError(f"{p}: not valid TOML ({e})") from None
+    kind = raw.get("kind")
+    if kind not in _REQUIRED:
+        raise SpaceError(f"{p}: field 'kind' must be 'blocks' or 'cells', got {kind!r}")
+    missing = [f for f in _REQUIRED[kind] if f not in raw]
+    if missing:
+        raise SpaceError(f"{p}: missing field(s) {', '.join(missing)} for a {kind!r} space")
+    if kind == "cells":
+        unknown = [o for o in raw["ops"] if o not in DARTS_OPS]
+        if unknown or not raw["ops"]:
+            raise SpaceError(f"{p}: field 'ops' has unknown cell op(s) {unknown}; known: {', '.join(DARTS_OPS)}")
+    elif not isinstance(raw["stages"], list) or not raw["stages"]:
+        raise SpaceError(f"{p}: field 'stages' must be a non-empty list of stages")
+    else:
+        for i, st in enumerate(raw["stages"]):
+            for f in ("out", "depth"):
+                if not (isinstance(st.get(f), int) and st[f] > 0):
+                    raise SpaceError(f"{p}: stages[{i}].{f} must be a positive integer, got {st.get(f)!r}")
+            if st.get("stride", 1) not in (1, 2):
+                raise SpaceError(f"{p}: stages[{i}].stride must be 1 or 2, got {st.get('stride')!r}")
+    try:
+        space = Space(
+            name=str(raw.get("name", p.stem)),
+            kind=kind,
+            source=str(p),
+            input_size=int(raw.get("input_size", 224)),
+            in_channels=int(raw.get("in_channels", 3)),
+            num_classes=int(raw.get("num_classes", 1000)),
+            width_mult=float(raw.get("width_mult", 1.0)),
+            raw=raw,
+        )
+    except (TypeError, ValueError) as e:
+        raise SpaceError(f"{p}: {e}") from None
+    if input_size is not None and input_size < 1:
+        raise SpaceError(f"input size must be a positive number of pixels, got {input_size}")
+    if width_mult is not None and not width_mult > 0:
+        raise SpaceError(f"width multiplier must be positive, got {width_mult}")
+    return space.with_params(input_size, width_mult)
