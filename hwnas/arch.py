@@ -17,7 +17,7 @@ the plan, so they cannot disagree about what a network contains.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -305,10 +305,18 @@ class PlanNet(nn.Module):
                 last_use[j] = i
         self._release = [[j for j, last in last_use.items() if last == i and j >= 0] for i in range(len(self._inputs))]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mark: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Run the plan; ``mark(i)`` (if given) is called before node ``i`` and once at the end.
+
+        The profiler uses ``mark`` to time each block inside the network.
+        """
         outs: dict[int, torch.Tensor] = {-1: x}
         for i, (mod, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
+            if mark is not None:
+                mark(i)
             outs[i] = mod(*(outs[j] for j in ins))
             for j in self._release[i]:
                 del outs[j]
+        if mark is not None:
+            mark(len(self.nodes))
         return outs[len(self.nodes) - 1]

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import itertools
 import random
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from hwnas.arch import Arch, ArchError
 from hwnas.errors import HwnasError
@@ -199,7 +200,7 @@ class Space:
         r = self.raw
         n = int(r["layers"])
         body = {
-            "C": max(1, int(round(int(r["C"]) * self.width_mult))),
+            "C": max(1, round(int(r["C"]) * self.width_mult)),
             "layers": n,
             "stem_multiplier": int(r.get("stem_multiplier", 3)),
             "reduce_at": sorted({n // 3, 2 * n // 3}),

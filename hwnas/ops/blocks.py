@@ -63,7 +63,7 @@ class ConvBNAct(nn.Module):
 
 def mbconv_mid(c_in: int, e: float, groups: int) -> int:
     """Hidden width of an inverted residual: ``round(c_in * e)``, rounded up to a multiple of groups."""
-    mid = max(1, int(round(c_in * float(e))))
+    mid = max(1, round(c_in * float(e)))
     return -(-mid // groups) * groups
 
 

@@ -56,7 +56,7 @@ def _check_skip(shape: Shape, p: dict[str, Any]) -> None:
         _check_even(shape, p)
 
 
-def _edge(name: str, **kw: Any):  # noqa: ANN202 - decorator factory
+def _edge(name: str, **kw: Any):
     return register_op(name, params=("stride",), out_shape=_edge_shape, check=kw.pop("check", _check_edge), **kw)
 
 

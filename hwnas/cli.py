@@ -1,0 +1,381 @@
+"""The ``hwnas`` command line: parse, call the library, render. No logic of its own."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import random
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import tomllib
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from hwnas.errors import HwnasError, UsageError
+
+app = typer.Typer(
+    help="hwnas: hardware-aware NAS for mobile and edge networks. Latencies are milliseconds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Backend(str, enum.Enum):
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class Device(str, enum.Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def user_errors(fn: F) -> F:
+    """Print a user error as one line on stderr and exit non-zero; bugs keep their traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HwnasError as e:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted; finished work is kept (re-run the same command to resume)", highlight=False)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+@contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
+    """A Rich progress bar on stderr; yields the ``progress(done, total, name)`` callback."""
+    cols = [
+        TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
+    ]  # fmt: skip
+    with Progress(*cols, console=err, transient=False) as prog:
+        task = prog.add_task(what, total=None, item="")
+
+        def update(done: int, total: int, name: str) -> None:
+            prog.update(task, completed=done, total=total, item=name[:60])
+
+        yield update
+
+
+def _load_space(space: str, input_size: int | None, width_mult: float | None):
+    from hwnas.space import load_space
+
+    return load_space(space, input_size, width_mult)
+
+
+def _check_out(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; pass --force to overwrite it or choose another --out")
+    parent = path.parent if str(path.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{parent} is not a directory; choose another --out")
+
+
+SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="Space name (darts, proxyless, fbnet, tiny, tiny_darts) or path to a .toml space file.")]
+InputSizeOpt = Annotated[int | None, typer.Option("--input-size", min=8, max=4096, help="Input height = width in pixels (default: the space's).")]
+WidthOpt = Annotated[float | None, typer.Option("--width-mult", min=0.05, max=4.0, help="Channel width multiplier (default: the space's).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, max=256, help="Intra-op threads, fixed for all timing.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch", min=1, max=4096, help="Batch size timed.")]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", min=1, max=50, help="Time-separated rounds; figures are medians of round medians.")]
+
+
+@app.command()
+@user_errors
+def profile(
+    space: SpaceOpt = "proxyless",
+    device: Annotated[Device | None, typer.Option(help="cpu, or cuda (needs a GPU).")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="onnxruntime or torch (eager).")] = None,
+    threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
+    rounds: RoundsOpt = None,
+    calib_nets: Annotated[int | None, typer.Option("--calib-nets", min=0, max=500, help="Random networks measured whole to calibrate the whole-net model (besides the probe networks).")] = None,
+    input_size: InputSizeOpt = None,
+    width_mult: WidthOpt = None,
+    target: Annotated[Path | None, typer.Option(help="A target profile (profilers/*.toml) with these settings; flags override it.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="LUT CSV to write (default: latency_tables/<target>__<space>-<size>.csv).")] = None,
+    emit_onnx: Annotated[Path | None, typer.Option("--emit-onnx", help="Write the per-op models and probe networks for profilers/ort_runner.py to DIR instead of timing here.")] = None,
+    import_csv: Annotated[Path | None, typer.Option("--import", help="Turn ort_runner.py's times.csv (beside its manifest) into a LUT.")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing LUT.")] = False,
+) -> None:
+    """Measure a latency table (LUT) for every op a space can ask for, on this machine.
+
+    Example: hwnas profile --space proxyless --device cpu --backend onnxruntime --threads 1
+    """
+    from hwnas.profiling.profile import ProfileSettings, default_lut_path, import_results
+    from hwnas.profiling.profile import emit_onnx as emit
+    from hwnas.profiling.profile import profile as run_profile
+    from hwnas.profiling.runner import TimingSettings
+
+    settings: dict[str, Any] = load_target(target) if target else {}
+    given = {"device": device.value if device else None, "backend": backend.value if backend else None,
+             "threads": threads, "batch": batch, "rounds": rounds, "calib_nets": calib_nets}  # fmt: skip
+    settings.update({k: v for k, v in given.items() if v is not None})
+    settings["timing"] = TimingSettings(**settings.get("timing", {}))
+    s = ProfileSettings(**settings)
+    if import_csv is not None:
+        if out_path is None:
+            raise UsageError("--import needs --out for the LUT it writes")
+        _check_out(out_path, force)
+        lut = import_results(import_csv, out_path)
+        out.print(f"wrote {out_path} ({len(lut.table)} keys, {lut.describe()})")
+        return
+    sp = _load_space(space, input_size, width_mult)
+    if emit_onnx is not None:
+        n = emit(sp, s, emit_onnx)
+        out.print(
+            f"wrote {n} ONNX models and manifest.json to {emit_onnx}\n"
+            f"next, on the target: python profilers/ort_runner.py {emit_onnx}\n"
+            f"then: hwnas profile --import {emit_onnx / 'times.csv'} --out LUT.csv"
+        )
+        return
+    path = out_path or default_lut_path(sp, s)
+    work = path.with_name(path.name + ".work")
+    if not work.exists():
+        _check_out(path, force)
+    with progress_bar(f"profile {sp.describe()}") as update:
+        lut = run_profile(sp, s, path, update)
+    model = lut.meta["model"]
+    out.print(
+        f"wrote {path}: {len(lut.table)} keys, {lut.describe()}, {lut.meta['profile_seconds']:.1f} s\n"
+        f"whole-net model: predicted = {model['scale']:.4f} x sum + {model['overhead_ms']:.4f} ms "
+        f"(fit on {len(model['nets'])} nets, mean error {model['fit_mape_pct']:.2f}%)"
+    )
+
+
+def load_target(path: Path) -> dict[str, Any]:
+    """Settings from a target profile TOML (keys of ProfileSettings; a [timing] table)."""
+    from hwnas.profiling.profile import ProfileSettings
+
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"--target {path}: no such file (see profilers/ for examples)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"--target {path}: not valid TOML ({e})") from None
+    allowed = set(ProfileSettings.__dataclass_fields__) | {"name", "description"}
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise UsageError(f"--target {path}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+    raw.pop("name", None)
+    raw.pop("description", None)
+    return raw
+
+
+@app.command()
+@user_errors
+def sample(
+    space: SpaceOpt = "proxyless",
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=100000, help="How many architectures.")] = 10,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for arch_000.json, ...")] = Path("runs/samples"),
+    input_size: InputSizeOpt = None,
+    width_mult: WidthOpt = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
+) -> None:
+    """Write N random valid architectures of a space as arch JSON, one file each.
+
+    Example: hwnas sample --space proxyless --n 5 --seed 0 --out runs/samples
+    """
+    from hwnas.lut import atomic_write
+
+    sp = _load_space(space, input_size, width_mult)
+    rng = random.Random(seed)
+    paths = [out_dir / f"arch_{i:03d}.json" for i in range(n)]
+    clash = [p for p in paths if p.exists()]
+    if clash and not force:
+        raise UsageError(f"{clash[0]} exists; pass --force to overwrite or choose another --out")
+    for i, p in enumerate(paths):
+        arch = sp.sample(rng).with_info(sampled_from=sp.name, seed=seed, index=i, width_mult=sp.width_mult)
+        atomic_write(p, arch.to_json().encode())
+    out.print(f"wrote {n} architectures of {sp.describe()} to {out_dir}")
+
+
+def _arch_or_onnx(path: Path):
+    from hwnas.arch import Arch
+
+    if path.suffix == ".onnx":
+        raise UsageError(f"{path}: reading the arch from an ONNX file's metadata comes with `hwnas export`; pass the arch JSON")
+    return Arch.load(path)
+
+
+@app.command()
+@user_errors
+def predict(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON (from hwnas sample or hwnas search).")],
+    lut: Annotated[Path, typer.Option("--lut", "-l", help="LUT CSV from hwnas profile.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the per-block breakdown).")] = False,
+) -> None:
+    """Predict a network's latency on the LUT's target.
+
+    Example: hwnas predict runs/samples/arch_000.json --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv
+    """
+    from hwnas.lut import LUT
+
+    a = _arch_or_onnx(arch)
+    table = LUT.load(lut)
+    p = table.predict(a)
+    if as_json:
+        out.print_json(json.dumps({"arch": str(arch), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict()}))
+        return
+    out.print(f"{p.total_ms:.3f} ms predicted on {table.describe()}  ({len(p.blocks)} blocks, sum {p.sum_ms:.3f} ms)")
+
+
+@app.command()
+@user_errors
+def measure(
+    model: Annotated[Path, typer.Argument(help="Arch JSON, or an ONNX file (ONNX Runtime only).")],
+    device: Annotated[Device | None, typer.Option(help="cpu or cuda (default: the LUT's, else cpu).")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="onnxruntime or torch (default: the LUT's, else onnxruntime).")] = None,
+    threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
+    rounds: RoundsOpt = None,
+    lut: Annotated[Path | None, typer.Option("--lut", "-l", help="Take the settings from this LUT and print its prediction beside.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Build (or load) the whole network and time it end to end, with the same settings as a LUT.
+
+    Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
+    """
+    from hwnas.lut import LUT
+    from hwnas.measure import measure_archs, measure_onnx, settings_from_lut
+    from hwnas.profiling.profile import ProfileSettings
+
+    over = {"device": device.value if device else None, "backend": backend.value if backend else None,
+            "threads": threads, "batch": batch, "rounds": rounds}  # fmt: skip
+    table = LUT.load(lut) if lut else None
+    s = settings_from_lut(table, **over) if table else ProfileSettings(**{k: v for k, v in over.items() if v is not None})
+    with progress_bar("measure") as update:
+        if model.suffix == ".onnx":
+            if not model.exists():
+                raise UsageError(f"{model}: no such ONNX file")
+            ms, pred = measure_onnx(model, s, update), None
+        else:
+            a = _arch_or_onnx(model)
+            pred = table.predict(a).total_ms if table else None
+            ms = measure_archs([a], s, update)[0]
+    res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s)}
+    if as_json:
+        out.print_json(json.dumps(res))
+        return
+    line = f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch})"
+    if pred is not None:
+        line += f"; predicted {pred:.3f} ms ({(pred / ms - 1) * 100:+.1f}%)"
+    out.print(line)
+
+
+@app.command("validate-lut")
+@user_errors
+def validate_lut(
+    lut: Annotated[Path, typer.Option("--lut", "-l", help="LUT CSV to check.")],
+    space: Annotated[str | None, typer.Option("--space", "-s", help="Space to sample (default: the LUT's).")] = None,
+    nets: Annotated[int, typer.Option("--nets", min=3, max=10000, help="Random networks to measure.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the random networks (use one the profile did not calibrate on).")] = 1000,
+    rounds: RoundsOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report and per-net figures as JSON here.")] = None,
+) -> None:
+    """Fidelity report: N random networks, measured end to end vs predicted by the LUT.
+
+    Example: hwnas validate-lut --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv --nets 50
+    """
+    from hwnas.lut import LUT, atomic_write
+    from hwnas.measure import fidelity, settings_from_lut
+
+    table = LUT.load(lut)
+    m = table.meta
+    sp = _load_space(space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]))
+    s = settings_from_lut(table, rounds=rounds)
+    with progress_bar(f"measure {nets} nets") as update:
+        f = fidelity(sp, table, nets, seed, s, update)
+    r = f.summary()
+    t = Table(title=f"LUT fidelity: {table.describe()}")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    rows = [
+        ("networks", f"{r['nets']}"), ("MAPE", f"{r['mape_pct']:.2f} %"), ("max |error|", f"{r['max_error_pct']:.2f} %"),
+        ("within ±5%", f"{r['within_5pct'] * 100:.0f} %"), ("within ±10%", f"{r['within_10pct'] * 100:.0f} %"),
+        ("Spearman", f"{r['spearman']:.4f}"), ("Kendall", f"{r['kendall']:.4f}"), ("mean bias", f"{r['bias_pct']:+.2f} %"),
+        ("measured range", f"{r['measured_range_ms'][0]:.3f} - {r['measured_range_ms'][1]:.3f} ms"),
+        ("profile time", f"{r['profile_seconds']:.1f} s" if r["profile_seconds"] is not None else "n/a"),
+    ]  # fmt: skip
+    for k, v in rows:
+        t.add_row(k, v)
+    out.print(t)
+    if json_out:
+        doc = {"lut": str(lut), "seed": seed, **r, "predicted_ms": f.predicted, "measured_ms": f.measured}
+        atomic_write(json_out, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+@app.command()
+@user_errors
+def spaces() -> None:
+    """List the shipped search spaces.
+
+    Example: hwnas spaces
+    """
+    from hwnas.space import builtin_spaces, load_space
+
+    t = Table(title="search spaces (search_spaces/*.toml)")
+    for c in ("name", "kind", "input", "layers / cells", "choices", "LUT keys"):
+        t.add_column(c)
+    for name in builtin_spaces():
+        sp = load_space(name)
+        if sp.kind == "blocks":
+            slots = sp.slots()
+            shape, choices = f"{len(slots)} layers", str(max(len(s.choices) for s in slots))
+        else:
+            shape, choices = f"{sp.raw['layers']} cells x {sp.raw['nodes']} nodes", str(len(sp.cell_ops))
+        t.add_row(name, sp.kind, f"{sp.input_size}px", shape, choices, str(len(sp.calls())))
+    out.print(t)
+
+
+@app.command()
+@user_errors
+def ops() -> None:
+    """List the registered ops and their parameters.
+
+    Example: hwnas ops
+    """
+    from hwnas.ops import get_op, registered_ops
+
+    t = Table(title="registered ops")
+    for c in ("op", "params", "priced", "what"):
+        t.add_column(c)
+    for name in registered_ops():
+        spec = get_op(name)
+        t.add_row(name, ", ".join(spec.params), "yes" if spec.priced else "no (free)", spec.doc)
+    out.print(t)
+
+
+def run() -> None:  # pragma: no cover - console entry point convenience
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

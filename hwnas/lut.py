@@ -1,0 +1,255 @@
+"""The latency lookup table: load, validate, save and price.
+
+A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus a
+``.meta.json`` sidecar with its provenance and the whole-network model. Columns:
+
+``key, op, params, input``
+    the op call (the key is the only field read back; the others are for people and pandas)
+``latency_ms``
+    the block's time *inside a network* on the target (median over the probe networks that
+    contain it) — what prediction sums
+``isolated_ms, isolated_p10_ms, isolated_p90_ms``
+    the block timed alone in a loop (median and spread over rounds), for reference
+``context_n``
+    how many (network, position) samples ``latency_ms`` is the median of
+
+Prediction of a network: ``scale * sum(latency_ms of its blocks) + overhead_ms``, with ``scale``
+and ``overhead_ms`` fitted by least squares on whole-network measurements of the probe networks
+(``meta["model"]``). All latencies are milliseconds at the LUT's batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hwnas.arch import Arch, Plan
+from hwnas.errors import HwnasError
+from hwnas.ops import OpCall, OpError, parse_key
+
+SCHEMA = "hwnas.lut/1"
+COLUMNS = ("key", "op", "params", "input", "latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
+NUMERIC = ("latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
+META_REQUIRED = ("schema", "space", "input_size", "width_mult", "device", "backend", "threads", "batch", "model")
+
+
+class LutError(HwnasError):
+    """A LUT file that cannot be used as asked."""
+
+
+def meta_path(csv_path: str | Path) -> Path:
+    p = Path(csv_path)
+    return p.with_name(p.name[: -len(".csv")] + ".meta.json" if p.name.endswith(".csv") else p.name + ".meta.json")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path``, fsync, rename over it: a kill leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A network's predicted latency and where it goes (all ms)."""
+
+    total_ms: float
+    sum_ms: float
+    scale: float
+    overhead_ms: float
+    blocks: tuple[tuple[str, str, float], ...]  # (where, key, latency_ms) per priced block
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "predicted_ms": self.total_ms, "sum_ms": self.sum_ms, "scale": self.scale,
+            "overhead_ms": self.overhead_ms,
+            "blocks": [{"where": w, "key": k, "latency_ms": ms} for w, k, ms in self.blocks],
+        }  # fmt: skip
+
+
+class LUT:
+    """A loaded latency table. Build with :meth:`load` or :meth:`from_rows`."""
+
+    def __init__(self, table: pd.DataFrame, meta: dict[str, Any], path: Path | None = None) -> None:
+        self.table = table
+        self.meta = meta
+        self.path = path
+        self.latency: dict[str, float] = dict(zip(table["key"], table["latency_ms"].astype(float), strict=True))
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def scale(self) -> float:
+        return float(self.meta["model"]["scale"])
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.meta["model"]["overhead_ms"])
+
+    def to_csv_bytes(self) -> bytes:
+        return self.table.to_csv(index=False, lineterminator="\n", float_format="%.6g").encode()
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the CSV content: recorded in the metadata and in arch files priced by it."""
+        return hashlib.sha256(self.to_csv_bytes()).hexdigest()
+
+    def describe(self) -> str:
+        m = self.meta
+        return (
+            f"{m['space']} @ {m['input_size']}px on {m['device']} ({m['backend']}, {m['threads']} thread"
+            f"{'s' if m['threads'] != 1 else ''}, batch {m['batch']})"
+        )
+
+    # -- pricing ----------------------------------------------------------------------------
+    def missing(self, calls: Iterable[OpCall]) -> list[str]:
+        return sorted({c.key for c in calls if c.priced and c.key not in self.latency})
+
+    def check_covers(self, calls: Iterable[OpCall], space: str, input_size: int, width_mult: float | None = None) -> None:
+        """Raise a :class:`LutError` listing missing keys and the command that measures them."""
+        missing = self.missing(calls)
+        if not missing:
+            return
+        shown = "; ".join(missing[:5]) + (f"; ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise LutError(
+            f"{self.path or 'LUT'} lacks {len(missing)} key(s) this network needs: {shown}. "
+            f"Measure them with: {self.profile_command(space, input_size, width_mult)}"
+        )
+
+    def profile_command(self, space: str, input_size: int, width_mult: float | None = None) -> str:
+        m = self.meta
+        wm = f" --width-mult {width_mult:g}" if width_mult not in (None, 1, 1.0) else ""
+        return (
+            f"hwnas profile --space {space} --input-size {input_size}{wm} --device {m['device_kind']} "
+            f"--backend {m['backend']} --threads {m['threads']} --batch {m['batch']}"
+        )
+
+    def predict(self, target: Arch | Plan) -> Prediction:
+        """Predicted latency (ms) of an arch; a missing key is an error, never a default."""
+        plan = target.plan if isinstance(target, Arch) else target
+        if isinstance(target, Arch):
+            size = target.input[1]
+            if size != int(self.meta["input_size"]):
+                raise LutError(
+                    f"{self.path or 'LUT'} was measured at input size {self.meta['input_size']}, the network "
+                    f"takes {size}; profile that size: {self.profile_command(target.space, size, target.info.get('width_mult'))}"
+                )
+            self.check_covers(plan.calls, target.space, size, target.info.get("width_mult"))
+        else:
+            missing = self.missing(plan.calls)
+            if missing:
+                raise LutError(f"LUT lacks {len(missing)} key(s): {', '.join(missing[:5])}")
+        blocks = tuple((n.where, n.call.key, self.latency[n.call.key]) for n in plan.nodes if n.call.priced)
+        s = math.fsum(b[2] for b in blocks)
+        return Prediction(self.scale * s + self.overhead_ms, s, self.scale, self.overhead_ms, blocks)
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write CSV and metadata atomically (metadata records the CSV's hash)."""
+        p = Path(path)
+        data = self.to_csv_bytes()
+        meta = {**self.meta, "csv_sha256": hashlib.sha256(data).hexdigest()}
+        atomic_write(meta_path(p), (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write(p, data)
+        self.meta, self.path = meta, p
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], meta: dict[str, Any]) -> LUT:
+        table = pd.DataFrame(rows, columns=list(COLUMNS)).sort_values("key", kind="stable").reset_index(drop=True)
+        return cls(table, {"schema": SCHEMA, **meta})
+
+    @classmethod
+    def load(cls, path: str | Path, expect: dict[str, Any] | None = None) -> LUT:
+        """Load and validate a LUT; ``expect`` (e.g. ``{"threads": 2}``) must match its metadata."""
+        p = Path(path)
+        if not p.exists():
+            raise LutError(f"{p}: no such LUT; build one with `hwnas profile --space SPACE --out {p}`")
+        mp = meta_path(p)
+        try:
+            meta = json.loads(mp.read_text())
+        except FileNotFoundError:
+            raise LutError(f"{p}: its metadata {mp.name} is missing; re-run `hwnas profile` to rebuild the pair") from None
+        except json.JSONDecodeError as e:
+            raise LutError(f"{mp}: not valid JSON (line {e.lineno}: {e.msg}); re-run `hwnas profile`") from None
+        if not isinstance(meta, dict):
+            raise LutError(f"{mp}: expected a JSON object")
+        if meta.get("schema") != SCHEMA:
+            raise LutError(f"{mp}: schema {meta.get('schema')!r} is not {SCHEMA!r}; rebuild the LUT with this hwnas")
+        lacking = [f for f in META_REQUIRED if f not in meta]
+        if lacking:
+            raise LutError(f"{mp}: missing field(s) {', '.join(lacking)}; rebuild the LUT with `hwnas profile`")
+        model = meta["model"]
+        if not (isinstance(model, dict) and _finite(model.get("scale")) and _finite(model.get("overhead_ms"))):
+            raise LutError(f"{mp}: field 'model' needs finite 'scale' and 'overhead_ms'")
+        table = _read_table(p)
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        if meta.get("csv_sha256") not in (None, digest):
+            raise LutError(
+                f"{p}: the CSV does not match its metadata (edited by hand, or a profile was interrupted "
+                "between the two renames); re-run the same `hwnas profile` command to rebuild it"
+            )
+        lut = cls(table, meta, p)
+        for k, want in (expect or {}).items():
+            if want is not None and meta.get(k) != want:
+                raise LutError(
+                    f"{p} was measured with {k}={meta.get(k)!r} but {want!r} was asked; "
+                    f"use a LUT built with {k}={want!r} (hwnas profile ... --out NEW.csv) or ask for {meta.get(k)!r}"
+                )
+        return lut
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _read_table(p: Path) -> pd.DataFrame:
+    raw = p.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        raise LutError(f"{p}: the last line is cut off (truncated file); re-run `hwnas profile` to rebuild it")
+    try:
+        table = pd.read_csv(p, dtype={"key": str, "op": str, "params": str, "input": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LutError(f"{p}: not a readable CSV ({str(e).splitlines()[0]})") from None
+    missing = [c for c in ("key", "latency_ms") if c not in table.columns]
+    if missing:
+        raise LutError(f"{p}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
+    for c in ("key", "op", "params", "input", *NUMERIC):
+        if c not in table.columns:
+            table[c] = "" if c in ("op", "params", "input") else float("nan")
+    for i, row in enumerate(table.itertuples(index=False), start=2):  # line 1 is the header
+        try:
+            parse_key(row.key)
+        except OpError as e:
+            raise LutError(f"{p}, line {i}: {e}") from None
+        try:
+            v = float(row.latency_ms)
+        except (TypeError, ValueError):
+            raise LutError(f"{p}, line {i}: latency_ms {row.latency_ms!r} is not a number") from None
+        if not math.isfinite(v) or v < 0:
+            raise LutError(f"{p}, line {i}: latency_ms {row.latency_ms!r} must be a finite number >= 0")
+    dup = table[table["key"].duplicated(keep=False)]
+    if len(dup):
+        first = dup["key"].iloc[0]
+        vals = sorted(set(dup[dup["key"] == first]["latency_ms"].astype(float)))
+        if len(vals) > 1:
+            raise LutError(f"{p}: key {first} appears more than once with different latencies {vals}; keep one row")
+        table = table.drop_duplicates("key")
+    table["latency_ms"] = table["latency_ms"].astype(float)
+    return table[list(COLUMNS)].reset_index(drop=True)

@@ -1,0 +1,1 @@
+"""Timing backends (ONNX Runtime, torch CPU/CUDA) and the profile that builds a LUT."""

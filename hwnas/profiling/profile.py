@@ -1,0 +1,350 @@
+"""Build a latency table for a space on a target: what ``hwnas profile`` runs.
+
+Method (recorded in the LUT metadata as ``model.method = "context"``):
+
+1. every unique op call of the space is timed alone (``isolated_ms``, for reference);
+2. the space's probe networks (which together contain every op call, see
+   :meth:`hwnas.space.Space.probe_archs`) and ``calib_nets`` random networks are timed whole, and
+   each of their blocks is timed *inside* them (ONNX Runtime's node profiler; for torch, the clock
+   read between nodes). A block alone in a hot loop runs with warmer caches and without the
+   layout conversions a network amortises, so in-network times are what a network is made of;
+   a key's ``latency_ms`` is the median of its in-network times;
+3. ``scale`` and ``overhead_ms`` of ``predicted = scale * sum(latency_ms) + overhead_ms`` are
+   fitted by least squares to the whole-network times (per-run overhead, glue the blocks do not
+   own, the node profiler's own cost).
+
+All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any) and each figure is
+the median of its round medians. Results go to a journal in ``<out>.work/`` as they come, so an
+interrupted profile resumes where it stopped; the LUT is written only when complete, atomically.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import platform
+import random
+import shutil
+import socket
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas import __version__
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+from hwnas.lut import LUT, LutError
+from hwnas.ops import OpCall, parse_key
+from hwnas.profiling import runner
+from hwnas.profiling.runner import Job, Timed, TimingSettings, read_rows, round_medians
+from hwnas.space import Space
+
+BACKENDS = ("onnxruntime", "torch")
+DEVICES = ("cpu", "cuda")
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """How a LUT is measured; every field is recorded in the LUT metadata."""
+
+    backend: str = "onnxruntime"  # onnxruntime | torch
+    device: str = "cpu"  # cpu | cuda (ONNX Runtime's CUDA provider, or torch on CUDA)
+    threads: int = 1  # intra-op threads, fixed for the whole profile
+    batch: int = 1
+    rounds: int = 3  # time-separated rounds; figures are medians of round medians
+    calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
+    seed: int = 0  # picks the calibration networks
+    timing: TimingSettings = field(default_factory=TimingSettings)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise HwnasError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.device not in DEVICES:
+            raise HwnasError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
+        if self.threads < 1 or self.batch < 1 or self.rounds < 1 or self.calib_nets < 0:
+            raise HwnasError("threads, batch and rounds must be >= 1 and calib-nets >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a profile times: op calls and whole networks, by job name."""
+
+    ops: dict[str, OpCall]
+    nets: dict[str, Arch]
+
+    def jobs(self, load_op: Callable[[OpCall], Timed], load_net: Callable[[Arch], Timed]) -> list[Job]:
+        jobs = [Job(n, "op", (lambda c=c: load_op(c))) for n, c in self.ops.items()]
+        jobs += [Job(n, "net", (lambda a=a: load_net(a))) for n, a in self.nets.items()]
+        return jobs
+
+
+def plan_work(space: Space, s: ProfileSettings) -> Work:
+    """The op calls and networks a profile of ``space`` times (deterministic for a seed)."""
+    ops = {f"op:{c.key}": c for c in space.calls()}
+    nets = {f"net:{name}": a for name, a in space.probe_archs()}
+    rng = random.Random(s.seed)
+    for i in range(s.calib_nets):
+        nets[f"net:calib-{i}"] = space.sample(rng)
+    return Work(ops, nets)
+
+
+def _arity(call: OpCall) -> int:
+    return int(call.param_dict.get("n", 1))
+
+
+def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Arch], Timed]]:
+    """Functions that turn an op call / an arch into something the loop can time on the target."""
+    if s.backend == "torch":
+        from hwnas.profiling.torch_backend import TorchTimed, check_device, op_timed, tune_malloc
+
+        check_device(s.device)
+        tune_malloc()
+        import torch
+
+        torch.set_num_threads(s.threads)
+        return (lambda c: op_timed(c, s.device, s.batch)), (lambda a: TorchTimed(a.build(), [a.input], s.device, s.batch))
+
+    from hwnas.onnx_io import export_onnx
+
+    runner.providers_for(s.device)  # fail now if the provider is absent
+    return (
+        lambda c: runner.OrtModel(export_onnx(c.build(), [c.in_shape] * _arity(c), s.batch), s.threads, s.device),
+        lambda a: runner.OrtModel(export_onnx(a.build(), [a.input], s.batch), s.threads, s.device),
+    )
+
+
+def check_target(s: ProfileSettings) -> None:
+    """Fail early, with one clear line, if the target cannot be timed here."""
+    if s.device == "cuda":
+        if s.backend == "torch":
+            from hwnas.profiling.torch_backend import check_device
+
+            check_device("cuda")
+        else:
+            try:
+                runner.providers_for("cuda")
+            except RuntimeError as e:
+                raise HwnasError(f"--device cuda --backend onnxruntime: {e}") from None
+
+
+def device_name(s: ProfileSettings) -> str:
+    if s.device == "cuda" and s.backend == "torch":
+        from hwnas.profiling.torch_backend import device_name as dn
+
+        return dn("cuda")
+    return runner.cpu_name() if s.device == "cpu" else "cuda (onnxruntime)"
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "hwnas": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
+    }  # fmt: skip
+
+
+def default_lut_path(space: Space, s: ProfileSettings, root: Path = Path("latency_tables")) -> Path:
+    """``latency_tables/<device>-<backend>-t<threads>[-b<batch>]__<space>-<size>[-w<mult>].csv``."""
+    b = f"-b{s.batch}" if s.batch != 1 else ""
+    w = f"-w{space.width_mult:g}" if space.width_mult != 1 else ""
+    return root / f"{s.device}-{s.backend}-t{s.threads}{b}__{space.name}-{space.input_size}{w}.csv"
+
+
+def assemble(
+    space_meta: dict[str, Any],
+    s: ProfileSettings,
+    work: Work,
+    rows: list[dict[str, str]],
+    extra: dict[str, Any],
+) -> LUT:
+    """Turn journal rows into a LUT: in-network medians per key and the fitted whole-net model."""
+    med = round_medians(rows)
+    by_round: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for r in rows:
+        by_round[r["name"]].append(r)
+    lacking = [n for n in [*work.ops, *work.nets] if n not in med]
+    if lacking:
+        raise LutError(f"the measurements lack {len(lacking)} job(s), e.g. {lacking[0]}; re-run to finish them")
+    context: dict[str, list[float]] = defaultdict(list)
+    for name, arch in work.nets.items():
+        for i, node in enumerate(arch.plan.nodes):
+            if node.call.priced:
+                context[node.call.key].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
+    table = []
+    for name, call in work.ops.items():
+        rs = by_round[name]
+        table.append({
+            "key": call.key, "op": call.op, "params": call.param_str, "input": call.shape_str,
+            "latency_ms": statistics.median(context[call.key]) if context[call.key] else med[name],
+            "isolated_ms": med[name],
+            "isolated_p10_ms": statistics.median(float(r["p10_ms"]) for r in rs),
+            "isolated_p90_ms": statistics.median(float(r["p90_ms"]) for r in rs),
+            "context_n": len(context[call.key]),
+        })  # fmt: skip
+    lat = {r["key"]: r["latency_ms"] for r in table}
+    xs = np.array([sum(lat[c.key] for c in a.plan.priced_calls()) for a in work.nets.values()])
+    ys = np.array([med[n] for n in work.nets])
+    scale, overhead = fit_model(xs, ys)
+    pred = scale * xs + overhead
+    nets = [
+        {"name": n.removeprefix("net:"), "measured_ms": float(y), "sum_ms": float(x), "predicted_ms": float(p),
+         "error_pct": float((p / y - 1) * 100)}
+        for n, x, y, p in zip(work.nets, xs, ys, pred, strict=True)
+    ]  # fmt: skip
+    meta = {
+        **space_meta,
+        "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
+        "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.timing),
+        "unit": "ms", "keys": len(table),
+        "model": {
+            "method": "context",
+            "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",
+            "scale": float(scale), "overhead_ms": float(overhead),
+            "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
+            "nets": nets,
+        },
+        **extra,
+    }  # fmt: skip
+    return LUT.from_rows(table, meta)
+
+
+def fit_model(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
+    """Least-squares ``y = scale * x + overhead``; falls back to scale 1 when that is ill-posed."""
+    if len(xs) >= 3 and np.ptp(xs) > 1e-9:
+        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
+        if 0.5 < scale < 2.0:
+            return float(scale), float(overhead)
+    return 1.0, float(np.median(ys - xs)) if len(xs) else 0.0
+
+
+def space_meta(space: Space) -> dict[str, Any]:
+    raw = json.dumps(space.raw, sort_keys=True, default=str).encode()
+    return {
+        "space": space.name, "space_source": space.source, "space_sha256": hashlib.sha256(raw).hexdigest(),
+        "input_size": space.input_size, "width_mult": space.width_mult,
+    }  # fmt: skip
+
+
+def run_meta(s: ProfileSettings, seconds: float) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    if s.backend == "onnxruntime":
+        settings["onnxruntime"] = runner.ORT_SETTINGS
+    else:
+        from hwnas.profiling.torch_backend import MALLOC_SETTINGS
+
+        settings["glibc_malloc"] = MALLOC_SETTINGS
+    return {
+        "device": device_name(s), "versions": versions(), "settings": settings,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "user": getpass.getuser(),
+        "profile_seconds": round(seconds, 1), "seed": s.seed, "calib_nets": s.calib_nets,
+    }  # fmt: skip
+
+
+def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | None = None) -> LUT:
+    """Measure a LUT for ``space`` on the target of ``s`` and write it to ``out`` (resumable)."""
+    check_target(s)
+    work_dir = out.with_name(out.name + ".work")
+    state = {"space": space_meta(space), "settings": s.to_dict()}
+    state_file = work_dir / "state.json"
+    if state_file.exists():
+        try:
+            old = json.loads(state_file.read_text())
+        except json.JSONDecodeError:
+            old = None
+        if old != state:
+            raise HwnasError(
+                f"{work_dir} holds an interrupted profile with other settings; re-run it with the same options "
+                f"to resume, or delete {work_dir} to start over"
+            )
+    resumed = (work_dir / "results.csv").exists()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runner.write_json_atomic(state_file, state)
+    work = plan_work(space, s)
+    load_op, load_net = loaders(s)
+    results = work_dir / "results.csv"
+    t0 = time.perf_counter()
+    runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.timing, results, progress)
+    extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed}
+    lut = assemble(space_meta(space), s, work, read_rows(results), extra)
+    lut.save(out)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return lut
+
+
+# -- the standalone runner's side -----------------------------------------------------------
+
+
+def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
+    """Write the per-op models, the probe networks and ``manifest.json`` for ``ort_runner.py``."""
+    from hwnas.onnx_io import export_onnx
+
+    if s.backend != "onnxruntime":
+        raise HwnasError("--emit-onnx writes ONNX models for ONNX Runtime; use --backend onnxruntime")
+    folder.mkdir(parents=True, exist_ok=True)
+    work = plan_work(space, s)
+    models = []
+    for i, (name, call) in enumerate(work.ops.items()):
+        f = f"op_{i:04d}.onnx"
+        (folder / f).write_bytes(export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
+        models.append({"name": name, "kind": "op", "file": f})
+    for i, (name, arch) in enumerate(work.nets.items()):
+        f = f"net_{i:04d}.onnx"
+        (folder / f).write_bytes(export_onnx(arch.build(), [arch.input], s.batch))
+        models.append({"name": name, "kind": "net", "file": f})
+    manifest = {
+        "settings": {"threads": s.threads, "provider": s.device, "rounds": s.rounds, "timing": asdict(s.timing)},
+        "hwnas": {
+            "version": __version__, "space": space_meta(space), "profile_settings": s.to_dict(),
+            "ops": {n: c.key for n, c in work.ops.items()},
+            "nets": {n: a.to_dict() for n, a in work.nets.items()},
+        },
+        "models": models,
+    }
+    runner.write_json_atomic(folder / runner.MANIFEST, manifest)
+    return len(models)
+
+
+def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None) -> LUT:
+    """Turn the standalone runner's ``times.csv`` (and its ``.info.json``) into a LUT at ``out``."""
+    folder = manifest_dir or times_csv.parent
+    try:
+        manifest = json.loads((folder / runner.MANIFEST).read_text())
+        hw = manifest["hwnas"]
+        s = ProfileSettings(**{**hw["profile_settings"], "timing": TimingSettings(**hw["profile_settings"]["timing"])})
+        work = Work(
+            {n: parse_key(k) for n, k in hw["ops"].items()},
+            {n: Arch.from_dict(a, f"{folder / runner.MANIFEST} net {n}") for n, a in hw["nets"].items()},
+        )
+    except FileNotFoundError:
+        raise HwnasError(f"{folder / runner.MANIFEST}: missing; --import needs the folder written by --emit-onnx") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise HwnasError(f"{folder / runner.MANIFEST}: not a manifest written by `hwnas profile --emit-onnx` ({e})") from None
+    if not times_csv.exists():
+        raise HwnasError(f"{times_csv}: no such file; run `python ort_runner.py {folder}` on the target first")
+    info_path = times_csv.with_name(times_csv.stem + ".info.json")
+    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    s = ProfileSettings(**{**asdict(s), "threads": int(info.get("threads", s.threads)), "timing": s.timing})
+    extra = {
+        "device": info.get("device", "unknown (no .info.json beside the results)"),
+        "versions": {"onnxruntime": info.get("onnxruntime"), "numpy": info.get("numpy"), "hwnas": __version__},
+        "settings": {"onnxruntime": info.get("ort_settings", runner.ORT_SETTINGS)},
+        "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
+        "seed": s.seed, "calib_nets": s.calib_nets,
+    }  # fmt: skip
+    lut = assemble(hw["space"], s, work, read_rows(times_csv), extra)
+    lut.save(out)
+    return lut

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""The measurement loop and the ONNX Runtime timer; needs only onnxruntime and numpy.
+
+This file is imported by ``hwnas profile`` and is also the standalone runner for a board where
+torch and hwnas are absent (``profilers/ort_runner.py`` is this file):
+
+    hwnas profile --space proxyless --emit-onnx ops/      # workstation: per-op models + probe nets
+    python ort_runner.py ops/                             # board: writes ops/times.csv
+    hwnas profile --space proxyless --import ops/times.csv --out my.csv   # workstation: the LUT
+
+Timing discipline (all times in milliseconds):
+
+* one session per model, a fixed intra-op thread count, thread spinning off (spinning pools slow
+  other sessions for ~30 ms after each run), inputs and outputs bound once through IOBinding;
+* a warm-up of at least ``warmup_ms`` before every measurement (the first runs after a switch
+  are 1.1-6x slower), then ``time.perf_counter`` around each run;
+* every model is timed in several *rounds*: round ``r`` of every model before round ``r + 1``
+  of any, so slow drift of the machine spreads over all models instead of biasing some;
+* for a whole network (kind ``net``) each round also records every block's time *inside* the
+  network (ONNX Runtime's node profiler, nodes mapped to blocks by their ``/nodes.<i>/`` scope).
+
+Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs`` appended durably to a CSV; a
+killed run resumes where it stopped (finished rows are never redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+MANIFEST = "manifest.json"
+RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")
+NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How one model is timed in one round. Defaults suit CPU blocks of 0.01-20 ms."""
+
+    warmup_ms: float = 30.0  # first runs after a switch are slow: discard at least this long
+    min_warmup_runs: int = 3
+    target_ms: float = 80.0  # measure for at least this long per round ...
+    min_runs: int = 10  # ... and at least this many runs
+    max_runs: int = 2000
+    profile_runs: int = 20  # profiled runs per round for in-network block times
+
+
+def time_runs(step: Callable[[], float], s: TimingSettings) -> list[float]:
+    """Warm up, then call ``step`` (runs once, returns its duration in ms) until enough is timed."""
+    t0 = time.perf_counter()
+    n = 0
+    while n < s.min_warmup_runs or (time.perf_counter() - t0) * 1e3 < s.warmup_ms:
+        step()
+        n += 1
+    samples: list[float] = []
+    total = 0.0
+    while len(samples) < s.max_runs and (len(samples) < s.min_runs or total < s.target_ms):
+        ms = step()
+        samples.append(ms)
+        total += ms
+    return samples
+
+
+def cpu_step(fn: Callable[[], object]) -> Callable[[], float]:
+    """A step that runs a synchronous ``fn`` once and returns its wall time in ms."""
+
+    def step() -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    return step
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, 10th and 90th percentile (ms) and the count of a list of run times."""
+    arr = np.asarray(samples, dtype=np.float64)
+    return {
+        "median_ms": float(np.median(arr)),
+        "p10_ms": float(np.percentile(arr, 10)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "runs": len(samples),
+    }
+
+
+class Timed(Protocol):
+    """Something the loop can time: one op (kind ``op``) or a whole network (kind ``net``)."""
+
+    def time(self, s: TimingSettings) -> list[float]: ...
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        """Per-block in-network times (ms per run) keyed by plan node index; nets only."""
+        ...
+
+
+# -- ONNX Runtime ---------------------------------------------------------------------------
+
+
+def session_options(threads: int, profile_prefix: str | None = None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return so
+
+
+ORT_SETTINGS = {
+    "intra_op_spinning": False,
+    "inter_op_threads": 1,
+    "execution_mode": "sequential",
+    "graph_optimization": "all",
+    "io_binding": True,
+}
+
+
+def providers_for(provider: str) -> list[str]:
+    """``cpu`` -> the CPU execution provider; ``cuda`` -> CUDA EP (CPU EP for what it lacks)."""
+    if provider == "cpu":
+        return ["CPUExecutionProvider"]
+    if provider == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                "onnxruntime has no CUDAExecutionProvider here; on a CUDA machine install onnxruntime-gpu"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise ValueError(f"unknown provider {provider!r}; expected cpu or cuda")
+
+
+class OrtModel:
+    """An ONNX model in an ORT session with random inputs and outputs bound once."""
+
+    def __init__(self, model: bytes | str, threads: int, provider: str = "cpu", seed: int = 0) -> None:
+        self.model, self.threads, self.provider = model, threads, provider
+        self.sess = ort.InferenceSession(model, session_options(threads), providers=providers_for(provider))
+        self.io, self._keep = self._bind(self.sess, seed)
+
+    def _bind(self, sess: ort.InferenceSession, seed: int) -> tuple[ort.IOBinding, list[ort.OrtValue]]:
+        rng = np.random.default_rng(seed)
+        dev = "cuda" if self.provider == "cuda" else "cpu"
+        io = sess.io_binding()
+        keep = []
+        for inp in sess.get_inputs():
+            shape = [d if isinstance(d, int) else 1 for d in inp.shape]  # a dynamic batch runs at 1
+            val = ort.OrtValue.ortvalue_from_numpy(rng.standard_normal(shape).astype(np.float32), dev, 0)
+            keep.append(val)
+            io.bind_ortvalue_input(inp.name, val)
+        for out in sess.get_outputs():
+            io.bind_output(out.name, dev)
+        sess.run_with_iobinding(io)  # let ORT allocate the outputs once, then keep them bound
+        outs = io.get_outputs()
+        io.clear_binding_outputs()
+        for out, val in zip(sess.get_outputs(), outs, strict=True):
+            io.bind_ortvalue_output(out.name, val)
+            keep.append(val)
+        return io, keep
+
+    def run(self) -> None:
+        self.sess.run_with_iobinding(self.io)
+        if self.provider == "cuda":
+            self.io.synchronize_outputs()
+
+    def time(self, s: TimingSettings) -> list[float]:
+        return time_runs(cpu_step(self.run), s)
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        """In-network block times from ORT's node profiler (kernel time of each node, ms)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            so = session_options(self.threads, os.path.join(tmp, "prof"))
+            sess = ort.InferenceSession(self.model, so, providers=providers_for(self.provider))
+            io, _keep = self._bind(sess, 0)
+            warm = max(s.min_warmup_runs, 5)
+            for _ in range(warm + s.profile_runs):
+                sess.run_with_iobinding(io)
+            with open(sess.end_profiling()) as f:
+                events = json.load(f)
+        per_run: dict[int, list[float]] = defaultdict(lambda: [0.0] * (warm + s.profile_runs + 1))
+        counts: dict[str, int] = defaultdict(int)
+        for e in events:
+            if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+                continue
+            m = NODE_SCOPE.search(e["name"])
+            if not m:
+                continue  # layout reorders and other glue: part of the per-net overhead
+            name = e["name"]
+            run = counts[name]  # the k-th event of a node belongs to the k-th run
+            counts[name] += 1
+            if run < len(per_run[int(m.group(1))]):
+                per_run[int(m.group(1))][run] += e["dur"] / 1e3
+        return {i: runs[warm : warm + s.profile_runs] for i, runs in per_run.items()}
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to time: ``kind`` is ``op`` (a block alone) or ``net`` (a whole network)."""
+
+    name: str
+    kind: str
+    load: Callable[[], Timed]
+
+
+def append_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
+    """Append result rows and make them durable: a kill loses at most the rows in flight."""
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, lineterminator="\n")
+        if new:
+            w.writeheader()
+        for row in rows:
+            w.writerow({k: row[k] for k in RESULT_FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """Complete rows of a results file; a truncated last line (a kill mid-write) is dropped."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines = lines[:-1]
+    return [r for r in csv.DictReader(lines) if all(r.get(k) not in (None, "") for k in RESULT_FIELDS)]
+
+
+def run_jobs(
+    jobs: list[Job],
+    rounds: int,
+    timing: TimingSettings,
+    results: Path,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> None:
+    """Time every job for ``rounds`` rounds, appending rows to ``results``; resumable.
+
+    A job's rows for a round are written together after it finished, so a round is either wholly
+    recorded or redone. ``progress(done, total, name)`` is called after each job-round.
+    """
+    done = {(r["name"], int(r["round"])) for r in read_rows(results)}
+    loaded: dict[str, Timed] = {}
+    total = rounds * len(jobs)
+    k = 0
+    for rnd in range(rounds):
+        for job in jobs:
+            k += 1
+            if (job.name, rnd) in done:
+                if progress:
+                    progress(k, total, job.name)
+                continue
+            if job.name not in loaded:
+                loaded[job.name] = job.load()
+            model = loaded[job.name]
+            rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing))}]
+            if job.kind == "net":
+                for i, xs in sorted(model.node_times(timing).items()):
+                    rows.append({"name": f"{job.name}#{i}", "round": rnd, **summarize(xs)})
+            append_rows(results, rows)
+            if progress:
+                progress(k, total, job.name)
+
+
+def round_medians(rows: list[dict[str, str]]) -> dict[str, float]:
+    """Each name's figure: the median over rounds of its per-round medians (ms)."""
+    by: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by[r["name"]].append(float(r["median_ms"]))
+    return {k: statistics.median(v) for k, v in by.items()}
+
+
+# -- the standalone runner ------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON beside ``path``, fsync, then rename over it: readers see old or new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Time the ONNX models written by `hwnas profile --emit-onnx`.")
+    ap.add_argument("folder", type=Path, help="folder with manifest.json and the .onnx files")
+    ap.add_argument("--out", type=Path, default=None, help="results CSV (default: FOLDER/times.csv)")
+    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the manifest's)")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default=None, help="default: the manifest's")
+    a = ap.parse_args(argv)
+    try:
+        manifest = json.loads((a.folder / MANIFEST).read_text())
+        st = manifest["settings"]
+        timing = TimingSettings(**st["timing"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        print(f"error: {a.folder / MANIFEST}: not a manifest from `hwnas profile --emit-onnx` ({e})", file=sys.stderr)
+        return 1
+    threads = a.threads or int(st["threads"])
+    provider = a.provider or st.get("provider", "cpu")
+    out = a.out or a.folder / "times.csv"
+
+    def loader(file: str) -> Callable[[], Timed]:
+        return lambda: OrtModel(str(a.folder / file), threads, provider)
+
+    jobs = [Job(m["name"], m["kind"], loader(m["file"])) for m in manifest["models"]]
+
+    def show(done: int, total: int, name: str) -> None:
+        print(f"[{done}/{total}] {name}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    run_jobs(jobs, int(st["rounds"]), timing, out, show)
+    info = {
+        "threads": threads, "provider": provider, "rounds": int(st["rounds"]), "timing": asdict(timing),
+        "onnxruntime": ort.__version__, "numpy": np.__version__, "device": cpu_name(),
+        "ort_settings": ORT_SETTINGS, "seconds": round(time.perf_counter() - t0, 1),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runner": "ort_runner.py",
+    }  # fmt: skip
+    write_json_atomic(out.with_name(out.stem + ".info.json"), info)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

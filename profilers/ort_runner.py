@@ -1,0 +1,1 @@
+../hwnas/profiling/runner.py
