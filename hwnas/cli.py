@@ -98,12 +98,28 @@ def _check_out(path: Path, force: bool) -> None:
         raise UsageError(f"{parent} is not a directory; choose another --out")
 
 
-SpaceOpt = Annotated[str, typer.Option("--space", "-s", help="Space name (darts, proxyless, fbnet, tiny, tiny_darts) or path to a .toml space file.")]
-InputSizeOpt = Annotated[int | None, typer.Option("--input-size", min=8, max=4096, help="Input height = width in pixels (default: the space's).")]
-WidthOpt = Annotated[float | None, typer.Option("--width-mult", min=0.05, max=4.0, help="Channel width multiplier (default: the space's).")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, max=256, help="Intra-op threads, fixed for all timing.")]
+SpaceOpt = Annotated[
+    str,
+    typer.Option(
+        "--space", "-s", help="Space name (darts, proxyless, fbnet, tiny, tiny_darts) or path to a .toml space file."
+    ),
+]
+InputSizeOpt = Annotated[
+    int | None,
+    typer.Option("--input-size", min=8, max=4096, help="Input height = width in pixels (default: the space's)."),
+]
+WidthOpt = Annotated[
+    float | None,
+    typer.Option("--width-mult", min=0.05, max=4.0, help="Channel width multiplier (default: the space's)."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, max=256, help="Intra-op threads, fixed for all timing.")
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch", min=1, max=4096, help="Batch size timed.")]
-RoundsOpt = Annotated[int | None, typer.Option("--rounds", min=1, max=50, help="Time-separated rounds; figures are medians of round medians.")]
+RoundsOpt = Annotated[
+    int | None,
+    typer.Option("--rounds", min=1, max=50, help="Time-separated rounds; figures are medians of round medians."),
+]
 
 
 @app.command()
@@ -115,20 +131,41 @@ def profile(
     threads: ThreadsOpt = None,
     batch: BatchOpt = None,
     rounds: RoundsOpt = None,
-    calib_nets: Annotated[int | None, typer.Option("--calib-nets", min=0, max=500, help="Random networks measured whole to calibrate the whole-net model (besides the probe networks).")] = None,
+    calib_nets: Annotated[
+        int | None,
+        typer.Option(
+            "--calib-nets",
+            min=0,
+            max=500,
+            help="Random networks measured whole to calibrate the whole-net model (besides the probe networks).",
+        ),
+    ] = None,
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
-    target: Annotated[Path | None, typer.Option(help="A target profile (profilers/*.toml) with these settings; flags override it.")] = None,
-    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="LUT CSV to write (default: latency_tables/<target>__<space>-<size>.csv).")] = None,
-    emit_onnx: Annotated[Path | None, typer.Option("--emit-onnx", help="Write the per-op models and probe networks for profilers/ort_runner.py to DIR instead of timing here.")] = None,
-    import_csv: Annotated[Path | None, typer.Option("--import", help="Turn ort_runner.py's times.csv (beside its manifest) into a LUT.")] = None,
+    target: Annotated[
+        Path | None, typer.Option(help="A target profile (profilers/*.toml) with these settings; flags override it.")
+    ] = None,
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="LUT CSV to write (default: latency_tables/<target>__<space>-<size>.csv)."),
+    ] = None,
+    emit_onnx: Annotated[
+        Path | None,
+        typer.Option(
+            "--emit-onnx",
+            help="Write the per-op models and probe networks for profilers/ort_runner.py to DIR instead of timing here.",
+        ),
+    ] = None,
+    import_csv: Annotated[
+        Path | None, typer.Option("--import", help="Turn ort_runner.py's times.csv (beside its manifest) into a LUT.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing LUT.")] = False,
 ) -> None:
     """Measure a latency table (LUT) for every op a space can ask for, on this machine.
 
     Example: hwnas profile --space proxyless --device cpu --backend onnxruntime --threads 1
     """
-    from hwnas.profiling.profile import ProfileSettings, default_lut_path, import_results
+    from hwnas.profiling.profile import ProfileSettings, check_target, default_lut_path, import_results
     from hwnas.profiling.profile import emit_onnx as emit
     from hwnas.profiling.profile import profile as run_profile
     from hwnas.profiling.runner import TimingSettings
@@ -155,6 +192,7 @@ def profile(
             f"then: hwnas profile --import {emit_onnx / 'times.csv'} --out LUT.csv"
         )
         return
+    check_target(s)  # before any output: --device cuda without a GPU is one line
     path = out_path or default_lut_path(sp, s)
     work = path.with_name(path.name + ".work")
     if not work.exists():
@@ -194,7 +232,9 @@ def sample(
     space: SpaceOpt = "proxyless",
     n: Annotated[int, typer.Option("--n", "-n", min=1, max=100000, help="How many architectures.")] = 10,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for arch_000.json, ...")] = Path("runs/samples"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for arch_000.json, ...")] = Path(
+        "runs/samples"
+    ),
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
@@ -221,7 +261,9 @@ def _arch_or_onnx(path: Path):
     from hwnas.arch import Arch
 
     if path.suffix == ".onnx":
-        raise UsageError(f"{path}: reading the arch from an ONNX file's metadata comes with `hwnas export`; pass the arch JSON")
+        raise UsageError(
+            f"{path}: reading the arch from an ONNX file's metadata comes with `hwnas export`; pass the arch JSON"
+        )
     return Arch.load(path)
 
 
@@ -252,11 +294,16 @@ def predict(
 def measure(
     model: Annotated[Path, typer.Argument(help="Arch JSON, or an ONNX file (ONNX Runtime only).")],
     device: Annotated[Device | None, typer.Option(help="cpu or cuda (default: the LUT's, else cpu).")] = None,
-    backend: Annotated[Backend | None, typer.Option(help="onnxruntime or torch (default: the LUT's, else onnxruntime).")] = None,
+    backend: Annotated[
+        Backend | None, typer.Option(help="onnxruntime or torch (default: the LUT's, else onnxruntime).")
+    ] = None,
     threads: ThreadsOpt = None,
     batch: BatchOpt = None,
     rounds: RoundsOpt = None,
-    lut: Annotated[Path | None, typer.Option("--lut", "-l", help="Take the settings from this LUT and print its prediction beside.")] = None,
+    lut: Annotated[
+        Path | None,
+        typer.Option("--lut", "-l", help="Take the settings from this LUT and print its prediction beside."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Build (or load) the whole network and time it end to end, with the same settings as a LUT.
@@ -265,12 +312,17 @@ def measure(
     """
     from hwnas.lut import LUT
     from hwnas.measure import measure_archs, measure_onnx, settings_from_lut
-    from hwnas.profiling.profile import ProfileSettings
+    from hwnas.profiling.profile import ProfileSettings, check_target
 
     over = {"device": device.value if device else None, "backend": backend.value if backend else None,
             "threads": threads, "batch": batch, "rounds": rounds}  # fmt: skip
     table = LUT.load(lut) if lut else None
-    s = settings_from_lut(table, **over) if table else ProfileSettings(**{k: v for k, v in over.items() if v is not None})
+    s = (
+        settings_from_lut(table, **over)
+        if table
+        else ProfileSettings(**{k: v for k, v in over.items() if v is not None})
+    )
+    check_target(s)
     with progress_bar("measure") as update:
         if model.suffix == ".onnx":
             if not model.exists():
@@ -296,9 +348,13 @@ def validate_lut(
     lut: Annotated[Path, typer.Option("--lut", "-l", help="LUT CSV to check.")],
     space: Annotated[str | None, typer.Option("--space", "-s", help="Space to sample (default: the LUT's).")] = None,
     nets: Annotated[int, typer.Option("--nets", min=3, max=10000, help="Random networks to measure.")] = 50,
-    seed: Annotated[int, typer.Option(help="Seed of the random networks (use one the profile did not calibrate on).")] = 1000,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the random networks (use one the profile did not calibrate on).")
+    ] = 1000,
     rounds: RoundsOpt = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report and per-net figures as JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report and per-net figures as JSON here.")
+    ] = None,
 ) -> None:
     """Fidelity report: N random networks, measured end to end vs predicted by the LUT.
 

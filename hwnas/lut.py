@@ -37,7 +37,17 @@ from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, parse_key
 
 SCHEMA = "hwnas.lut/1"
-COLUMNS = ("key", "op", "params", "input", "latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
+COLUMNS = (
+    "key",
+    "op",
+    "params",
+    "input",
+    "latency_ms",
+    "isolated_ms",
+    "isolated_p10_ms",
+    "isolated_p90_ms",
+    "context_n",
+)
 NUMERIC = ("latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
 META_REQUIRED = ("schema", "space", "input_size", "width_mult", "device", "backend", "threads", "batch", "model")
 
@@ -122,7 +132,9 @@ class LUT:
     def missing(self, calls: Iterable[OpCall]) -> list[str]:
         return sorted({c.key for c in calls if c.priced and c.key not in self.latency})
 
-    def check_covers(self, calls: Iterable[OpCall], space: str, input_size: int, width_mult: float | None = None) -> None:
+    def check_covers(
+        self, calls: Iterable[OpCall], space: str, input_size: int, width_mult: float | None = None
+    ) -> None:
         """Raise a :class:`LutError` listing missing keys and the command that measures them."""
         missing = self.missing(calls)
         if not missing:
@@ -185,7 +197,9 @@ class LUT:
         try:
             meta = json.loads(mp.read_text())
         except FileNotFoundError:
-            raise LutError(f"{p}: its metadata {mp.name} is missing; re-run `hwnas profile` to rebuild the pair") from None
+            raise LutError(
+                f"{p}: its metadata {mp.name} is missing; re-run `hwnas profile` to rebuild the pair"
+            ) from None
         except json.JSONDecodeError as e:
             raise LutError(f"{mp}: not valid JSON (line {e.lineno}: {e.msg}); re-run `hwnas profile`") from None
         if not isinstance(meta, dict):

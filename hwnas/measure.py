@@ -92,7 +92,9 @@ class Fidelity:
         }
 
 
-def fidelity(space: Space, lut: LUT, n: int, seed: int, s: ProfileSettings, progress: Progress | None = None) -> Fidelity:
+def fidelity(
+    space: Space, lut: LUT, n: int, seed: int, s: ProfileSettings, progress: Progress | None = None
+) -> Fidelity:
     """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each."""
     if n < 3:
         raise HwnasError(f"--nets must be at least 3 for rank correlations, got {n}")

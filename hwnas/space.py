@@ -59,7 +59,8 @@ def expand_grid(cands: Any, defaults: Mapping[str, Any], where: str) -> list[Cho
     """Normalise candidate grids into the canonical, de-duplicated list of choices.
 
     Each list-valued field is a grid axis; ``defaults`` fill params the op takes but the entry
-    omits (e.g. ``groups = 1``, the space's ``act``). Order: as written, grid in row-major order.
+    omits (e.g. ``groups = 1``, the space's ``act``). Order: entries as written, each grid in
+    row-major order of its fields as written (``k = [3, 5], e = [3, 6]``: k3e3, k3e6, k5e3, k5e6).
     """
     if not isinstance(cands, list) or not cands:
         raise SpaceError(f"{where}: 'candidates' must be a non-empty list")
@@ -81,12 +82,12 @@ def expand_grid(cands: Any, defaults: Mapping[str, Any], where: str) -> list[Cho
         for k in spec.params:
             if k not in fields and k not in ("out", "stride") and k in defaults:
                 fields[k] = defaults[k]
-        axes = [(k, v if isinstance(v, list) else [v]) for k, v in sorted(fields.items())]
+        axes = [(k, v if isinstance(v, list) else [v]) for k, v in fields.items()]  # as written
         if any(not vals for _, vals in axes):
             raise SpaceError(f"{where}.candidates[{i}]: an empty grid axis gives no candidates")
         for combo in itertools.product(*(vals for _, vals in axes)):
             try:
-                params = tuple((k, canonical_value(v)) for (k, _), v in zip(axes, combo, strict=True))
+                params = tuple(sorted((k, canonical_value(v)) for (k, _), v in zip(axes, combo, strict=True)))
             except OpError as e:
                 raise SpaceError(f"{where}.candidates[{i}]: {e}") from None
             ch = Choice(spec.name, params)
@@ -159,7 +160,12 @@ class Space:
         mix = int(hd.get("mix", 0))
         # like MobileNetV2, the last feature-mix conv only grows with the width multiplier
         mix = make_divisible(mix * self.width_mult) if self.width_mult > 1 and mix else mix
-        return {"op": "head", "mix": mix, "classes": self.num_classes, "act": hd.get("act", self.raw.get("act", "relu6"))}
+        return {
+            "op": "head",
+            "mix": mix,
+            "classes": self.num_classes,
+            "act": hd.get("act", self.raw.get("act", "relu6")),
+        }
 
     def slots(self) -> list[Slot]:
         """The layers of a block space, each with the choices it offers."""
@@ -267,8 +273,12 @@ class Space:
             if self.kind == "blocks":
                 self.slots()
             self.probe_archs()
+        except SpaceError as e:
+            raise SpaceError(f"{self.source}: {e}") from None
         except (ArchError, OpError) as e:
-            raise SpaceError(f"{self.source}: {e} (at input size {self.input_size}, width x{self.width_mult:g})") from None
+            raise SpaceError(
+                f"{self.source}: {e} (at input size {self.input_size}, width x{self.width_mult:g})"
+            ) from None
 
 
 _REQUIRED = {

@@ -91,9 +91,7 @@ class ChannelShuffle(nn.Module):
         return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-@register_op(
-    "mbconv", params=("act", "e", "groups", "k", "out", "stride"), out_shape=_strided, check=_check_mbconv
-)
+@register_op("mbconv", params=("act", "e", "groups", "k", "out", "stride"), out_shape=_strided, check=_check_mbconv)
 class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] + k x k depthwise + 1x1 project, residual when shapes match.
 

@@ -98,9 +98,7 @@ def make_call(op: str, params: Mapping[str, ParamValue], in_shape: Shape) -> OpC
             parts.append(f"missing {', '.join(missing)}")
         if extra:
             parts.append(f"unexpected {', '.join(extra)}")
-        raise OpError(
-            f"op {op!r}: {'; '.join(parts)} (it takes: {', '.join(spec.params) or 'nothing'})"
-        )
+        raise OpError(f"op {op!r}: {'; '.join(parts)} (it takes: {', '.join(spec.params) or 'nothing'})")
     canon = tuple(sorted((k, canonical_value(v)) for k, v in given.items()))
     shape = tuple(int(d) for d in in_shape)
     if len(shape) != 3 or min(shape) < 1:

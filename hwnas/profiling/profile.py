@@ -113,7 +113,9 @@ def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Ar
         import torch
 
         torch.set_num_threads(s.threads)
-        return (lambda c: op_timed(c, s.device, s.batch)), (lambda a: TorchTimed(a.build(), [a.input], s.device, s.batch))
+        return (lambda c: op_timed(c, s.device, s.batch)), (
+            lambda a: TorchTimed(a.build(), [a.input], s.device, s.batch)
+        )
 
     from hwnas.onnx_io import export_onnx
 
@@ -277,8 +279,8 @@ def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | No
     load_op, load_net = loaders(s)
     results = work_dir / "results.csv"
     t0 = time.perf_counter()
-    runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.timing, results, progress)
-    extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed}
+    timed = runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.timing, results, progress)
+    extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed}
     lut = assemble(space_meta(space), s, work, read_rows(results), extra)
     lut.save(out)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -308,7 +310,9 @@ def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
     manifest = {
         "settings": {"threads": s.threads, "provider": s.device, "rounds": s.rounds, "timing": asdict(s.timing)},
         "hwnas": {
-            "version": __version__, "space": space_meta(space), "profile_settings": s.to_dict(),
+            "version": __version__,
+            "space": space_meta(space),
+            "profile_settings": s.to_dict(),
             "ops": {n: c.key for n, c in work.ops.items()},
             "nets": {n: a.to_dict() for n, a in work.nets.items()},
         },
@@ -330,9 +334,13 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
             {n: Arch.from_dict(a, f"{folder / runner.MANIFEST} net {n}") for n, a in hw["nets"].items()},
         )
     except FileNotFoundError:
-        raise HwnasError(f"{folder / runner.MANIFEST}: missing; --import needs the folder written by --emit-onnx") from None
+        raise HwnasError(
+            f"{folder / runner.MANIFEST}: missing; --import needs the folder written by --emit-onnx"
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise HwnasError(f"{folder / runner.MANIFEST}: not a manifest written by `hwnas profile --emit-onnx` ({e})") from None
+        raise HwnasError(
+            f"{folder / runner.MANIFEST}: not a manifest written by `hwnas profile --emit-onnx` ({e})"
+        ) from None
     if not times_csv.exists():
         raise HwnasError(f"{times_csv}: no such file; run `python ort_runner.py {folder}` on the target first")
     info_path = times_csv.with_name(times_csv.stem + ".info.json")

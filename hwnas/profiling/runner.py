@@ -225,6 +225,7 @@ class Job:
 
 def append_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
     """Append result rows and make them durable: a kill loses at most the rows in flight."""
+    _drop_partial_line(path)
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, lineterminator="\n")
@@ -234,6 +235,16 @@ def append_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
             w.writerow({k: row[k] for k in RESULT_FIELDS})
         f.flush()
         os.fsync(f.fileno())
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut a line left half-written by a kill, so the next append starts on a fresh line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -252,16 +263,17 @@ def run_jobs(
     timing: TimingSettings,
     results: Path,
     progress: Callable[[int, int, str], None] | None = None,
-) -> None:
+) -> int:
     """Time every job for ``rounds`` rounds, appending rows to ``results``; resumable.
 
     A job's rows for a round are written together after it finished, so a round is either wholly
     recorded or redone. ``progress(done, total, name)`` is called after each job-round.
+    Returns how many job-rounds were timed (not skipped as already done).
     """
     done = {(r["name"], int(r["round"])) for r in read_rows(results)}
     loaded: dict[str, Timed] = {}
     total = rounds * len(jobs)
-    k = 0
+    k = timed = 0
     for rnd in range(rounds):
         for job in jobs:
             k += 1
@@ -277,8 +289,10 @@ def run_jobs(
                 for i, xs in sorted(model.node_times(timing).items()):
                     rows.append({"name": f"{job.name}#{i}", "round": rnd, **summarize(xs)})
             append_rows(results, rows)
+            timed += 1
             if progress:
                 progress(k, total, job.name)
+    return timed
 
 
 def round_medians(rows: list[dict[str, str]]) -> dict[str, float]:

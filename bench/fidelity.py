@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""LUT fidelity benchmark: how well ``hwnas predict`` matches whole networks measured here.
+
+For each (space, input size, threads) it builds a LUT with ``hwnas profile`` settings, then
+measures N random networks end to end (ONNX Runtime CPU, batch 1) and prints MAPE, max error,
+share within ±5% / ±10%, Spearman and Kendall, and the profile time. With ``--repeat`` it builds
+a second, independent LUT and prints how far the two predict the same networks apart.
+
+    python bench/fidelity.py                        # proxyless@224 and darts@32, 1 and 2 threads
+    python bench/fidelity.py --configs proxyless:224:1 --nets 50 --repeat
+
+Takes about 2-3 minutes per configuration on a 2-core machine. Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.lut import LUT
+from hwnas.measure import fidelity
+from hwnas.profiling.profile import ProfileSettings, profile
+from hwnas.space import load_space
+
+DEFAULT = ["proxyless:224:1", "darts:32:1", "proxyless:224:2", "darts:32:2"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", default=DEFAULT, help="space:input_size:threads ...")
+    ap.add_argument("--nets", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks")
+    ap.add_argument("--repeat", action="store_true", help="build a second LUT and compare predictions")
+    ap.add_argument("--out", type=Path, default=Path("bench/out"))
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cfg in a.configs:
+        name, size, threads = cfg.split(":")
+        sp = load_space(name, input_size=int(size))
+        s = ProfileSettings(threads=int(threads))
+        path = a.out / f"{name}-{size}-t{threads}.csv"
+        for p in (path, path.with_name(path.stem + ".meta.json")):
+            p.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        lut = profile(sp, s, path)
+        secs = time.perf_counter() - t0
+        f = fidelity(sp, lut, a.nets, a.seed, s)
+        r = f.summary()
+        r.update(config=cfg, profile_seconds=round(secs, 1), keys=len(lut.table))
+        if a.repeat:
+            path2 = a.out / f"{name}-{size}-t{threads}-repeat.csv"
+            for p in (path2, path2.with_name(path2.stem + ".meta.json")):
+                p.unlink(missing_ok=True)
+            profile(sp, s, path2)
+            rng = random.Random(a.seed)
+            archs = [sp.sample(rng) for _ in range(a.nets)]
+            p1 = np.array([lut.predict(x).total_ms for x in archs])
+            p2 = np.array([LUT.load(path2).predict(x).total_ms for x in archs])
+            d = np.abs(p2 / p1 - 1) * 100
+            r.update(repeat_mean_diff_pct=float(d.mean()), repeat_max_diff_pct=float(d.max()))
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    print()
+    head = f"{'config':<18}{'keys':>5}{'profile s':>10}{'MAPE %':>8}{'max %':>7}{'±5%':>6}{'±10%':>6}{'Spearman':>9}{'Kendall':>8}"
+    if a.repeat:
+        head += f"{'2nd LUT max diff %':>20}"
+    print(head)
+    for r in rows:
+        line = (
+            f"{r['config']:<18}{r['keys']:>5}{r['profile_seconds']:>10.1f}{r['mape_pct']:>8.2f}{r['max_error_pct']:>7.2f}"
+            f"{r['within_5pct'] * 100:>5.0f}%{r['within_10pct'] * 100:>5.0f}%{r['spearman']:>9.4f}{r['kendall']:>8.4f}"
+        )
+        if a.repeat:
+            line += f"{r['repeat_max_diff_pct']:>20.2f}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

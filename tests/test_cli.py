@@ -1,0 +1,169 @@
+"""The command line as a user drives it: every command, and bad input as one clear line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hwnas.cli import app
+from hwnas.lut import meta_path
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(res, code: int = 1) -> str:
+    assert res.exit_code == code, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert lines and lines[0].startswith("error:"), res.output
+    return " ".join(lines)
+
+
+@pytest.fixture()
+def samples(tmp_path: Path) -> Path:
+    d = tmp_path / "samples"
+    res = run("sample", "--space", "tiny", "--n", "3", "--seed", "7", "--out", d)
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def test_sample_is_seeded_and_valid(samples: Path, tmp_path: Path) -> None:
+    files = sorted(samples.glob("arch_*.json"))
+    assert len(files) == 3
+    again = tmp_path / "again"
+    assert run("sample", "--space", "tiny", "--n", "3", "--seed", "7", "--out", again).exit_code == 0
+    assert [f.read_text() for f in files] == [f.read_text() for f in sorted(again.glob("*.json"))]
+    assert json.loads(files[0].read_text())["info"]["seed"] == 7
+
+
+def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Path) -> None:
+    arch = samples / "arch_000.json"
+    res = run("predict", arch, "--lut", tiny_lut_path)
+    assert res.exit_code == 0 and "ms predicted" in res.output, res.output
+    res = run("predict", arch, "--lut", tiny_lut_path, "--json")
+    doc = json.loads(res.output)
+    assert doc["predicted_ms"] > 0 and doc["blocks"] and len(doc["lut_sha256"]) == 64
+    res = run("measure", arch, "--lut", tiny_lut_path, "--rounds", "1", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.output[res.output.index("{") :])
+    assert doc["measured_ms"] > 0 and doc["predicted_ms"] > 0 and doc["settings"]["threads"] == 1
+
+
+def test_measure_torch_backend(samples: Path) -> None:
+    res = run("measure", samples / "arch_001.json", "--backend", "torch", "--rounds", "1")
+    assert res.exit_code == 0 and "ms measured (torch" in res.output, res.output
+
+
+def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) -> None:
+    report = tmp_path / "fid.json"
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--json", report)
+    assert res.exit_code == 0, res.output
+    for figure in ("MAPE", "max |error|", "within ±5%", "within ±10%", "Spearman", "Kendall", "profile time"):
+        assert figure in res.output
+    doc = json.loads(report.read_text())
+    assert len(doc["measured_ms"]) == 4 and 0 <= doc["within_10pct"] <= 1
+
+
+def test_profile_command_and_force(tmp_path: Path, fast_target: Path) -> None:
+    out = tmp_path / "t.csv"
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "whole-net model" in res.output and out.exists() and meta_path(out).exists()
+    before = out.read_bytes()
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--out", out)
+    assert "--force" in one_line_error(res, 2)
+    assert out.read_bytes() == before
+
+
+def test_spaces_and_ops_list() -> None:
+    res = run("spaces")
+    assert res.exit_code == 0 and "proxyless" in res.output and "darts" in res.output
+    res = run("ops")
+    assert res.exit_code == 0 and "mbconv" in res.output and "sep_conv_3x3" in res.output
+
+
+def test_emit_and_import(tmp_path: Path, fast_target: Path) -> None:
+    folder = tmp_path / "ops"
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--emit-onnx", folder)
+    assert res.exit_code == 0 and "ort_runner.py" in res.output, res.output
+    res = run("profile", "--import", folder / "times.csv", "--out", tmp_path / "x.csv")
+    assert "ort_runner.py" in one_line_error(res)
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def test_unknown_space(tmp_path: Path) -> None:
+    assert "unknown space 'nope'" in one_line_error(run("sample", "--space", "nope", "--out", tmp_path))
+
+
+def test_unknown_backend_is_a_usage_error() -> None:
+    res = run("profile", "--backend", "tvm")
+    assert res.exit_code == 2 and "tvm" in res.output
+
+
+def test_cuda_without_gpu(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    msg = one_line_error(
+        run("profile", "--space", "tiny", "--device", "cuda", "--backend", "torch", "--out", tmp_path / "x.csv")
+    )
+    assert "no CUDA GPU" in msg
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_lut_lacking_keys(tiny_lut_path: Path, tmp_path: Path) -> None:
+    assert run("sample", "--space", "tiny", "--width-mult", "2", "--n", "1", "--out", tmp_path).exit_code == 0
+    msg = one_line_error(run("predict", tmp_path / "arch_000.json", "--lut", tiny_lut_path))
+    assert "lacks" in msg and "hwnas profile --space tiny" in msg and "--width-mult 2" in msg
+
+
+def test_lut_other_input_size(tiny_lut_path: Path, tmp_path: Path) -> None:
+    assert run("sample", "--space", "tiny", "--input-size", "64", "--n", "1", "--out", tmp_path).exit_code == 0
+    assert "input size 32" in one_line_error(run("predict", tmp_path / "arch_000.json", "--lut", tiny_lut_path))
+
+
+def test_lut_other_threads(samples: Path, tiny_lut_path: Path) -> None:
+    # measuring with 2 threads against a 1-thread LUT is allowed, but a LUT asked for 2 threads is checked
+    from hwnas.lut import LUT, LutError
+
+    with pytest.raises(LutError, match="threads=1 but 2"):
+        LUT.load(tiny_lut_path, expect={"threads": 2})
+
+
+def test_truncated_lut(samples: Path, tiny_lut_path: Path, tmp_path: Path) -> None:
+    p = tmp_path / "cut.csv"
+    data = tiny_lut_path.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    shutil.copy(meta_path(tiny_lut_path), meta_path(p))
+    assert "cut off" in one_line_error(run("predict", samples / "arch_000.json", "--lut", p))
+
+
+def test_malformed_arch(tiny_lut_path: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "hwnas.arch/1", "kind": "blocks"}')
+    assert "missing field" in one_line_error(run("predict", bad, "--lut", tiny_lut_path))
+    bad.write_text("{")
+    assert "not valid JSON" in one_line_error(run("predict", bad, "--lut", tiny_lut_path))
+
+
+def test_sample_refuses_to_overwrite(samples: Path) -> None:
+    before = (samples / "arch_000.json").read_text()
+    msg = one_line_error(run("sample", "--space", "tiny", "--n", "1", "--seed", "99", "--out", samples), 2)
+    assert "--force" in msg and (samples / "arch_000.json").read_text() == before
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    res = run("--debug", "sample", "--space", "nope", "--out", tmp_path)
+    assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
