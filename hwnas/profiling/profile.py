@@ -44,7 +44,7 @@ from hwnas.lut import LUT, LutError
 from hwnas.ops import OpCall, parse_key
 from hwnas.profiling import runner
 from hwnas.profiling.runner import Job, Timed, TimingSettings, read_rows, round_medians
-from hwnas.space import Space
+from hwnas.space import SPACES_DIR, Space
 
 BACKENDS = ("onnxruntime", "torch")
 DEVICES = ("cpu", "cuda")
@@ -120,10 +120,20 @@ def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Ar
     from hwnas.onnx_io import export_onnx
 
     runner.providers_for(s.device)  # fail now if the provider is absent
-    return (
-        lambda c: runner.OrtModel(export_onnx(c.build(), [c.in_shape] * _arity(c), s.batch), s.threads, s.device),
-        lambda a: runner.OrtModel(export_onnx(a.build(), [a.input], s.batch), s.threads, s.device),
-    )
+    onnx_cache: dict[str, bytes] = {}  # export once; each round opens a fresh session on it
+
+    def op(c: OpCall) -> Timed:
+        if c.key not in onnx_cache:
+            onnx_cache[c.key] = export_onnx(c.build(), [c.in_shape] * _arity(c), s.batch)
+        return runner.OrtModel(onnx_cache[c.key], s.threads, s.device)
+
+    def net(a: Arch) -> Timed:
+        key = a.to_json()
+        if key not in onnx_cache:
+            onnx_cache[key] = export_onnx(a.build(), [a.input], s.batch)
+        return runner.OrtModel(onnx_cache[key], s.threads, s.device)
+
+    return op, net
 
 
 def check_target(s: ProfileSettings) -> None:
@@ -235,8 +245,11 @@ def fit_model(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
 
 def space_meta(space: Space) -> dict[str, Any]:
     raw = json.dumps(space.raw, sort_keys=True, default=str).encode()
+    shipped = Path(space.source).resolve().parent == SPACES_DIR
     return {
-        "space": space.name, "space_source": space.source, "space_sha256": hashlib.sha256(raw).hexdigest(),
+        # a shipped space is recorded by name, so the LUT stays usable from another checkout
+        "space": space.name, "space_source": space.name if shipped else space.source,
+        "space_sha256": hashlib.sha256(raw).hexdigest(),
         "input_size": space.input_size, "width_mult": space.width_mult,
     }  # fmt: skip
 

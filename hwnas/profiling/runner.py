@@ -263,12 +263,17 @@ def run_jobs(
     timing: TimingSettings,
     results: Path,
     progress: Callable[[int, int, str], None] | None = None,
+    fresh: bool = True,
 ) -> int:
     """Time every job for ``rounds`` rounds, appending rows to ``results``; resumable.
 
     A job's rows for a round are written together after it finished, so a round is either wholly
     recorded or redone. ``progress(done, total, name)`` is called after each job-round.
     Returns how many job-rounds were timed (not skipped as already done).
+
+    With ``fresh`` (the default) every round loads its model anew (a new session, new buffers):
+    one session's memory placement can make it a few percent faster or slower than another's
+    for its whole life, so the median over rounds is also a median over placements.
     """
     done = {(r["name"], int(r["round"])) for r in read_rows(results)}
     loaded: dict[str, Timed] = {}
@@ -281,7 +286,8 @@ def run_jobs(
                 if progress:
                     progress(k, total, job.name)
                 continue
-            if job.name not in loaded:
+            if fresh or job.name not in loaded:
+                loaded.pop(job.name, None)
                 loaded[job.name] = job.load()
             model = loaded[job.name]
             rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing))}]
