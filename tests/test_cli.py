@@ -145,7 +145,7 @@ def test_lut_other_threads(samples: Path, tiny_lut_path: Path) -> None:
 def test_truncated_lut(samples: Path, tiny_lut_path: Path, tmp_path: Path) -> None:
     p = tmp_path / "cut.csv"
     data = tiny_lut_path.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
+    p.write_bytes(data[: data.rindex(b"\n", 0, len(data) // 2) + 5])  # cut mid-line
     shutil.copy(meta_path(tiny_lut_path), meta_path(p))
     assert "cut off" in one_line_error(run("predict", samples / "arch_000.json", "--lut", p))
 

@@ -111,7 +111,7 @@ BAD_CSV = {
     "negative": (_set_first_latency("-1"), ">= 0"),
     "nan": (_set_first_latency("nan"), "finite"),
     "infinite": (_set_first_latency("inf"), "finite"),
-    "truncated": (lambda t: t[: len(t) // 2], "cut off"),
+    "truncated": (lambda t: t[: t.rindex("\n", 0, len(t) // 2) + 5], "cut off"),  # mid-line
     "bad key": (lambda t: t.replace("mbconv|", "mbconv9|", 1), "unknown op"),
     "conflicting duplicate": (lambda t: t + t.splitlines()[1].rsplit(",", 5)[0] + ",9.9,1,1,1,1\n", "more than once"),
     "empty": (lambda t: "", "not a readable CSV"),
