@@ -67,7 +67,10 @@ def main() -> None:
         rows.append(r)
         print(json.dumps(r), flush=True)
     print()
-    head = f"{'config':<18}{'keys':>5}{'profile s':>10}{'MAPE %':>8}{'max %':>7}{'±5%':>6}{'±10%':>6}{'Spearman':>9}{'Kendall':>8}"
+    head = (
+        f"{'config':<18}{'keys':>5}{'profile s':>10}{'MAPE %':>8}{'max %':>7}{'±5%':>6}{'±10%':>6}{'Spearman':>9}"
+        f"{'Kendall':>8}{'drift %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}{'corr. ±5%':>10}"
+    )
     if a.repeat:
         head += f"{'2nd LUT max diff %':>20}"
     print(head)
@@ -75,6 +78,8 @@ def main() -> None:
         line = (
             f"{r['config']:<18}{r['keys']:>5}{r['profile_seconds']:>10.1f}{r['mape_pct']:>8.2f}{r['max_error_pct']:>7.2f}"
             f"{r['within_5pct'] * 100:>5.0f}%{r['within_10pct'] * 100:>5.0f}%{r['spearman']:>9.4f}{r['kendall']:>8.4f}"
+            f"{(r['drift'] - 1) * 100:>+8.2f}{r['corrected']['mape_pct']:>13.2f}{r['corrected']['max_error_pct']:>12.2f}"
+            f"{r['corrected']['within_5pct'] * 100:>9.0f}%"
         )
         if a.repeat:
             line += f"{r['repeat_max_diff_pct']:>20.2f}"

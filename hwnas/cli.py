@@ -142,6 +142,13 @@ def profile(
     ] = None,
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
+    spinning: Annotated[
+        bool | None,
+        typer.Option(
+            "--spinning/--no-spinning",
+            help="ONNX Runtime pool threads spin when idle (default: on with more than 1 thread, as ORT deploys; a 50 ms cool-down separates models).",
+        ),
+    ] = None,
     target: Annotated[
         Path | None, typer.Option(help="A target profile (profilers/*.toml) with these settings; flags override it.")
     ] = None,
@@ -172,7 +179,8 @@ def profile(
 
     settings: dict[str, Any] = load_target(target) if target else {}
     given = {"device": device.value if device else None, "backend": backend.value if backend else None,
-             "threads": threads, "batch": batch, "rounds": rounds, "calib_nets": calib_nets}  # fmt: skip
+             "threads": threads, "batch": batch, "rounds": rounds, "calib_nets": calib_nets,
+             "spinning": spinning}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     settings["timing"] = TimingSettings(**settings.get("timing", {}))
     s = ProfileSettings(**settings)
@@ -278,15 +286,22 @@ def predict(
 
     Example: hwnas predict runs/samples/arch_000.json --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv
     """
+    from hwnas.flops import count
     from hwnas.lut import LUT
 
     a = _arch_or_onnx(arch)
     table = LUT.load(lut)
     p = table.predict(a)
+    cost = count(a)
     if as_json:
-        out.print_json(json.dumps({"arch": str(arch), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict()}))
+        doc = {"arch": str(arch), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict(),
+               "macs": cost.macs, "params": cost.params}  # fmt: skip
+        out.print_json(json.dumps(doc))
         return
-    out.print(f"{p.total_ms:.3f} ms predicted on {table.describe()}  ({len(p.blocks)} blocks, sum {p.sum_ms:.3f} ms)")
+    out.print(
+        f"{p.total_ms:.3f} ms predicted on {table.describe()}  ({len(p.blocks)} blocks, sum {p.sum_ms:.3f} ms; "
+        f"{cost.describe()})"
+    )
 
 
 @app.command()
@@ -311,7 +326,7 @@ def measure(
     Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
     """
     from hwnas.lut import LUT
-    from hwnas.measure import measure_archs, measure_onnx, settings_from_lut
+    from hwnas.measure import device_note, measure_archs, measure_onnx, settings_from_lut
     from hwnas.profiling.profile import ProfileSettings, check_target
 
     over = {"device": device.value if device else None, "backend": backend.value if backend else None,
@@ -323,6 +338,9 @@ def measure(
         else ProfileSettings(**{k: v for k, v in over.items() if v is not None})
     )
     check_target(s)
+    note = device_note(table, s) if table else None
+    if note:
+        err.print(note, highlight=False)
     with progress_bar("measure") as update:
         if model.suffix == ".onnx":
             if not model.exists():
@@ -361,27 +379,42 @@ def validate_lut(
     Example: hwnas validate-lut --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv --nets 50
     """
     from hwnas.lut import LUT, atomic_write
-    from hwnas.measure import fidelity, settings_from_lut
+    from hwnas.measure import device_note, fidelity, settings_from_lut
 
     table = LUT.load(lut)
     m = table.meta
     sp = _load_space(space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]))
     s = settings_from_lut(table, rounds=rounds)
+    note = device_note(table, s)
+    if note:
+        err.print(note, highlight=False)
     with progress_bar(f"measure {nets} nets") as update:
         f = fidelity(sp, table, nets, seed, s, update)
     r = f.summary()
     t = Table(title=f"LUT fidelity: {table.describe()}")
     t.add_column("figure")
-    t.add_column("value", justify="right")
+    t.add_column("raw", justify="right")
+    t.add_column("drift-corrected", justify="right")
+    c = r.get("corrected", {})
+
+    def both(key: str, fmt: Callable[[float], str]) -> tuple[str, str]:
+        return fmt(r[key]), fmt(c[key]) if key in c else "n/a"
+
+    pct = "{:.2f} %".format
+    share = lambda v: f"{v * 100:.0f} %"  # noqa: E731
+    corr = "{:.4f}".format
     rows = [
-        ("networks", f"{r['nets']}"), ("MAPE", f"{r['mape_pct']:.2f} %"), ("max |error|", f"{r['max_error_pct']:.2f} %"),
-        ("within ±5%", f"{r['within_5pct'] * 100:.0f} %"), ("within ±10%", f"{r['within_10pct'] * 100:.0f} %"),
-        ("Spearman", f"{r['spearman']:.4f}"), ("Kendall", f"{r['kendall']:.4f}"), ("mean bias", f"{r['bias_pct']:+.2f} %"),
-        ("measured range", f"{r['measured_range_ms'][0]:.3f} - {r['measured_range_ms'][1]:.3f} ms"),
-        ("profile time", f"{r['profile_seconds']:.1f} s" if r["profile_seconds"] is not None else "n/a"),
+        ("networks", f"{r['nets']}", ""),
+        ("MAPE", *both("mape_pct", pct)), ("max |error|", *both("max_error_pct", pct)),
+        ("within ±5%", *both("within_5pct", share)), ("within ±10%", *both("within_10pct", share)),
+        ("Spearman", *both("spearman", corr)), ("Kendall", *both("kendall", corr)),
+        ("mean bias", *both("bias_pct", "{:+.2f} %".format)),
+        ("machine drift since profile", f"{(r['drift'] - 1) * 100:+.2f} %" if r.get("drift") else "n/a", ""),
+        ("measured range", f"{r['measured_range_ms'][0]:.3f} - {r['measured_range_ms'][1]:.3f} ms", ""),
+        ("profile time", f"{r['profile_seconds']:.1f} s" if r["profile_seconds"] is not None else "n/a", ""),
     ]  # fmt: skip
-    for k, v in rows:
-        t.add_row(k, v)
+    for row in rows:
+        t.add_row(*row)
     out.print(t)
     if json_out:
         doc = {"lut": str(lut), "seed": seed, **r, "predicted_ms": f.predicted, "measured_ms": f.measured}

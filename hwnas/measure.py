@@ -19,7 +19,7 @@ from scipy import stats
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from hwnas.lut import LUT
+from hwnas.lut import LUT, LutError
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, check_target, loaders
 from hwnas.profiling.runner import Job, TimingSettings, read_rows, round_medians
@@ -28,16 +28,43 @@ from hwnas.space import Space
 Progress = Callable[[int, int, str], None]
 
 
+TARGET_FIELDS = ("backend", "device", "threads", "batch")
+
+
 def settings_from_lut(lut: LUT, **override: Any) -> ProfileSettings:
-    """The measurement settings a LUT was built with, optionally overridden (None = keep)."""
+    """The measurement settings a LUT was built with; ``rounds`` may be overridden (None = keep).
+
+    Asking for another backend, device, thread count or batch than the LUT's is refused: a
+    measurement under other settings than the prediction's compares nothing.
+    """
     m = lut.meta
     base = {
         "backend": m["backend"], "device": m["device_kind"], "threads": int(m["threads"]),
         "batch": int(m["batch"]), "rounds": int(m.get("rounds", 3)),
         "timing": TimingSettings(**m.get("timing", {})),
+        "spinning": m.get("settings", {}).get("onnxruntime", {}).get("intra_op_spinning"),
     }  # fmt: skip
-    base.update({k: v for k, v in override.items() if v is not None})
+    for k, v in override.items():
+        if v is None:
+            continue
+        if k in TARGET_FIELDS and v != base[k]:
+            raise LutError(
+                f"{lut.path or 'the LUT'} was measured with {k} {base[k]} but {k} {v} was asked; "
+                f"drop --{k} to use the LUT's, or profile a LUT with --{k} {v}"
+            )
+        base[k] = v
     return ProfileSettings(**base)
+
+
+def device_note(lut: LUT, s: ProfileSettings) -> str | None:
+    """A note when the LUT was measured on another device than the one measuring now."""
+    from hwnas.profiling.profile import device_name
+
+    here = device_name(s)
+    there = lut.meta.get("device")
+    if there and there != here:
+        return f"note: {lut.path or 'the LUT'} was measured on {there!r}; this machine is {here!r}"
+    return None
 
 
 def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[float]:
@@ -47,7 +74,7 @@ def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | No
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.csv"
-        runner.run_jobs(jobs, s.rounds, s.timing, results, progress)
+        runner.run_jobs(jobs, s.rounds, s.effective_timing, results, progress)
         med = round_medians(read_rows(results))
     return [med[f"arch{i}"] for i in range(len(archs))]
 
@@ -57,49 +84,72 @@ def measure_onnx(path: Path, s: ProfileSettings, progress: Progress | None = Non
     if s.backend != "onnxruntime":
         raise HwnasError(f"{path}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
     check_target(s)
-    job = Job("model", "op", lambda: runner.OrtModel(str(path), s.threads, s.device))
+    job = Job("model", "op", lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning))
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.csv"
-        runner.run_jobs([job], s.rounds, s.timing, results, progress)
+        runner.run_jobs([job], s.rounds, s.effective_timing, results, progress)
         return round_medians(read_rows(results))["model"]
+
+
+def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    err = (predicted / measured - 1) * 100
+    e = np.abs(err)
+    return {
+        "mape_pct": float(e.mean()),
+        "max_error_pct": float(e.max()),
+        "within_5pct": float((e <= 5).mean()),
+        "within_10pct": float((e <= 10).mean()),
+        "spearman": float(stats.spearmanr(predicted, measured).statistic),
+        "kendall": float(stats.kendalltau(predicted, measured).statistic),
+        "bias_pct": float(err.mean()),
+    }
 
 
 @dataclass(frozen=True)
 class Fidelity:
-    """Predicted vs measured latency of random networks of a space (ms, %)."""
+    """Predicted vs measured latency of random networks of a space (ms, %).
+
+    ``drift`` is how much slower (>1) or faster the machine runs now than when the LUT was
+    measured: the median ratio of the LUT's own probe networks re-measured now, in the same rounds
+    as the validation networks, to their times in the LUT's metadata. The ``corrected`` figures
+    scale the predictions by it, separating the predictor's error from the machine's drift.
+    """
 
     predicted: list[float]
     measured: list[float]
+    drift: float | None
     profile_seconds: float | None
 
-    @property
-    def errors_pct(self) -> np.ndarray:
-        return (np.array(self.predicted) / np.array(self.measured) - 1) * 100
-
     def summary(self) -> dict[str, Any]:
-        e = np.abs(self.errors_pct)
-        return {
-            "nets": len(e),
-            "mape_pct": float(e.mean()),
-            "max_error_pct": float(e.max()),
-            "within_5pct": float((e <= 5).mean()),
-            "within_10pct": float((e <= 10).mean()),
-            "spearman": float(stats.spearmanr(self.predicted, self.measured).statistic),
-            "kendall": float(stats.kendalltau(self.predicted, self.measured).statistic),
-            "bias_pct": float(self.errors_pct.mean()),
-            "measured_range_ms": [float(min(self.measured)), float(max(self.measured))],
-            "profile_seconds": self.profile_seconds,
-        }
+        p, m = np.array(self.predicted), np.array(self.measured)
+        out: dict[str, Any] = {"nets": len(m), **_stats(p, m)}
+        if self.drift is not None:
+            out["drift"] = self.drift
+            out["corrected"] = _stats(p * self.drift, m)
+        out["measured_range_ms"] = [float(m.min()), float(m.max())]
+        out["profile_seconds"] = self.profile_seconds
+        return out
+
+
+def reference_nets(space: Space, lut: LUT) -> list[tuple[Arch, float]]:
+    """The LUT's probe networks with the whole-network times its metadata recorded (ms)."""
+    recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"].get("nets", [])}
+    return [(a, recorded[name]) for name, a in space.probe_archs() if name in recorded]
 
 
 def fidelity(
     space: Space, lut: LUT, n: int, seed: int, s: ProfileSettings, progress: Progress | None = None
 ) -> Fidelity:
-    """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each."""
+    """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each.
+
+    The LUT's probe networks are measured in the same rounds to estimate the machine's drift.
+    """
     if n < 3:
         raise HwnasError(f"--nets must be at least 3 for rank correlations, got {n}")
     rng = random.Random(seed)
     archs = [space.sample(rng) for _ in range(n)]
     predicted = [lut.predict(a).total_ms for a in archs]  # fails before measuring if keys are missing
-    measured = measure_archs(archs, s, progress)
-    return Fidelity(predicted, measured, lut.meta.get("profile_seconds"))
+    refs = reference_nets(space, lut)
+    measured = measure_archs(archs + [a for a, _ in refs], s, progress)
+    drift = float(np.median([now / then for now, (_, then) in zip(measured[n:], refs, strict=True)])) if refs else None
+    return Fidelity(predicted, measured[:n], drift, lut.meta.get("profile_seconds"))

@@ -52,6 +52,7 @@ def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Pa
     res = run("predict", arch, "--lut", tiny_lut_path, "--json")
     doc = json.loads(res.output)
     assert doc["predicted_ms"] > 0 and doc["blocks"] and len(doc["lut_sha256"]) == 64
+    assert doc["macs"] > 0 and doc["params"] > 0
     res = run("measure", arch, "--lut", tiny_lut_path, "--rounds", "1", "--json")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.output[res.output.index("{") :])
@@ -134,12 +135,10 @@ def test_lut_other_input_size(tiny_lut_path: Path, tmp_path: Path) -> None:
     assert "input size 32" in one_line_error(run("predict", tmp_path / "arch_000.json", "--lut", tiny_lut_path))
 
 
-def test_lut_other_threads(samples: Path, tiny_lut_path: Path) -> None:
-    # measuring with 2 threads against a 1-thread LUT is allowed, but a LUT asked for 2 threads is checked
-    from hwnas.lut import LUT, LutError
-
-    with pytest.raises(LutError, match="threads=1 but 2"):
-        LUT.load(tiny_lut_path, expect={"threads": 2})
+@pytest.mark.parametrize(("flag", "value"), [("--threads", "2"), ("--backend", "torch"), ("--batch", "4")])
+def test_measure_against_a_lut_of_other_settings(flag: str, value: str, samples: Path, tiny_lut_path: Path) -> None:
+    msg = one_line_error(run("measure", samples / "arch_000.json", "--lut", tiny_lut_path, flag, value))
+    assert f"{flag.strip('-')} {value} was asked" in msg
 
 
 def test_truncated_lut(samples: Path, tiny_lut_path: Path, tmp_path: Path) -> None:

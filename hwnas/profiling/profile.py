@@ -31,7 +31,7 @@ import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class ProfileSettings:
     calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
     seed: int = 0  # picks the calibration networks
     timing: TimingSettings = field(default_factory=TimingSettings)
+    spinning: bool | None = None  # ORT pool threads spin when idle; None: on iff threads > 1 (ORT's default)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -74,6 +75,18 @@ class ProfileSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def ort_spinning(self) -> bool:
+        return self.threads > 1 if self.spinning is None else self.spinning
+
+    @property
+    def effective_timing(self) -> TimingSettings:
+        """The timing settings, with a 50 ms cool-down between models when pool threads spin
+        (a spinning pool slowed the next session 3.7x on this project's machines)."""
+        if self.backend == "onnxruntime" and self.ort_spinning and self.timing.cooldown_ms < 50:
+            return replace(self.timing, cooldown_ms=50.0)
+        return self.timing
 
 
 @dataclass(frozen=True)
@@ -125,13 +138,13 @@ def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Ar
     def op(c: OpCall) -> Timed:
         if c.key not in onnx_cache:
             onnx_cache[c.key] = export_onnx(c.build(), [c.in_shape] * _arity(c), s.batch)
-        return runner.OrtModel(onnx_cache[c.key], s.threads, s.device)
+        return runner.OrtModel(onnx_cache[c.key], s.threads, s.device, spinning=s.ort_spinning)
 
     def net(a: Arch) -> Timed:
         key = a.to_json()
         if key not in onnx_cache:
             onnx_cache[key] = export_onnx(a.build(), [a.input], s.batch)
-        return runner.OrtModel(onnx_cache[key], s.threads, s.device)
+        return runner.OrtModel(onnx_cache[key], s.threads, s.device, spinning=s.ort_spinning)
 
     return op, net
 
@@ -220,7 +233,7 @@ def assemble(
     meta = {
         **space_meta,
         "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
-        "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.timing),
+        "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.effective_timing),
         "unit": "ms", "keys": len(table),
         "model": {
             "method": "context",
@@ -257,7 +270,7 @@ def space_meta(space: Space) -> dict[str, Any]:
 def run_meta(s: ProfileSettings, seconds: float) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if s.backend == "onnxruntime":
-        settings["onnxruntime"] = runner.ORT_SETTINGS
+        settings["onnxruntime"] = runner.ort_settings(s.ort_spinning)
     else:
         from hwnas.profiling.torch_backend import MALLOC_SETTINGS
 
@@ -292,7 +305,7 @@ def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | No
     load_op, load_net = loaders(s)
     results = work_dir / "results.csv"
     t0 = time.perf_counter()
-    timed = runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.timing, results, progress)
+    timed = runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.effective_timing, results, progress)
     extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed}
     lut = assemble(space_meta(space), s, work, read_rows(results), extra)
     lut.save(out)
@@ -321,7 +334,13 @@ def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
         (folder / f).write_bytes(export_onnx(arch.build(), [arch.input], s.batch))
         models.append({"name": name, "kind": "net", "file": f})
     manifest = {
-        "settings": {"threads": s.threads, "provider": s.device, "rounds": s.rounds, "timing": asdict(s.timing)},
+        "settings": {
+            "threads": s.threads,
+            "provider": s.device,
+            "rounds": s.rounds,
+            "spinning": s.ort_spinning,
+            "timing": asdict(s.effective_timing),
+        },
         "hwnas": {
             "version": __version__,
             "space": space_meta(space),
@@ -362,7 +381,7 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
     extra = {
         "device": info.get("device", "unknown (no .info.json beside the results)"),
         "versions": {"onnxruntime": info.get("onnxruntime"), "numpy": info.get("numpy"), "hwnas": __version__},
-        "settings": {"onnxruntime": info.get("ort_settings", runner.ORT_SETTINGS)},
+        "settings": {"onnxruntime": info.get("ort_settings", runner.ort_settings(s.ort_spinning))},
         "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
         "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip

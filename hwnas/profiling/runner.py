@@ -58,10 +58,13 @@ class TimingSettings:
     min_runs: int = 10  # ... and at least this many runs
     max_runs: int = 2000
     profile_runs: int = 20  # profiled runs per round for in-network block times
+    cooldown_ms: float = 0.0  # pause before each model, so another session's spinning threads go idle
 
 
 def time_runs(step: Callable[[], float], s: TimingSettings) -> list[float]:
     """Warm up, then call ``step`` (runs once, returns its duration in ms) until enough is timed."""
+    if s.cooldown_ms > 0:
+        time.sleep(s.cooldown_ms / 1e3)
     t0 = time.perf_counter()
     n = 0
     while n < s.min_warmup_runs or (time.perf_counter() - t0) * 1e3 < s.warmup_ms:
@@ -111,13 +114,18 @@ class Timed(Protocol):
 # -- ONNX Runtime ---------------------------------------------------------------------------
 
 
-def session_options(threads: int, profile_prefix: str | None = None) -> ort.SessionOptions:
+def session_options(threads: int, spinning: bool = False, profile_prefix: str | None = None) -> ort.SessionOptions:
+    """Session options of every timed session: fixed threads, sequential, all graph optimisations.
+
+    ``spinning`` lets idle pool threads spin (ORT's default, what a deployed app gets with more
+    than one thread); off, an idle thread sleeps and the next parallel op must wake it.
+    """
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.log_severity_level = 3
     if profile_prefix:
@@ -126,13 +134,16 @@ def session_options(threads: int, profile_prefix: str | None = None) -> ort.Sess
     return so
 
 
-ORT_SETTINGS = {
-    "intra_op_spinning": False,
-    "inter_op_threads": 1,
-    "execution_mode": "sequential",
-    "graph_optimization": "all",
-    "io_binding": True,
-}
+def ort_settings(spinning: bool) -> dict[str, object]:
+    """The ORT session settings recorded in a LUT's metadata."""
+    return {
+        "intra_op_spinning": spinning,
+        "inter_op_threads": 1,
+        "execution_mode": "sequential",
+        "graph_optimization": "all",
+        "io_binding": True,
+        "fresh_session_per_round": True,
+    }
 
 
 def providers_for(provider: str) -> list[str]:
@@ -151,9 +162,11 @@ def providers_for(provider: str) -> list[str]:
 class OrtModel:
     """An ONNX model in an ORT session with random inputs and outputs bound once."""
 
-    def __init__(self, model: bytes | str, threads: int, provider: str = "cpu", seed: int = 0) -> None:
-        self.model, self.threads, self.provider = model, threads, provider
-        self.sess = ort.InferenceSession(model, session_options(threads), providers=providers_for(provider))
+    def __init__(
+        self, model: bytes | str, threads: int, provider: str = "cpu", seed: int = 0, spinning: bool = False
+    ) -> None:
+        self.model, self.threads, self.provider, self.spinning = model, threads, provider, spinning
+        self.sess = ort.InferenceSession(model, session_options(threads, spinning), providers=providers_for(provider))
         self.io, self._keep = self._bind(self.sess, seed)
 
     def _bind(self, sess: ort.InferenceSession, seed: int) -> tuple[ort.IOBinding, list[ort.OrtValue]]:
@@ -187,7 +200,7 @@ class OrtModel:
     def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
         """In-network block times from ORT's node profiler (kernel time of each node, ms)."""
         with tempfile.TemporaryDirectory() as tmp:
-            so = session_options(self.threads, os.path.join(tmp, "prof"))
+            so = session_options(self.threads, self.spinning, os.path.join(tmp, "prof"))
             sess = ort.InferenceSession(self.model, so, providers=providers_for(self.provider))
             io, _keep = self._bind(sess, 0)
             warm = max(s.min_warmup_runs, 5)
@@ -357,10 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     threads = a.threads or int(st["threads"])
     provider = a.provider or st.get("provider", "cpu")
+    spinning = bool(st.get("spinning", False))
     out = a.out or a.folder / "times.csv"
 
     def loader(file: str) -> Callable[[], Timed]:
-        return lambda: OrtModel(str(a.folder / file), threads, provider)
+        return lambda: OrtModel(str(a.folder / file), threads, provider, spinning=spinning)
 
     jobs = [Job(m["name"], m["kind"], loader(m["file"])) for m in manifest["models"]]
 
@@ -372,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "threads": threads, "provider": provider, "rounds": int(st["rounds"]), "timing": asdict(timing),
         "onnxruntime": ort.__version__, "numpy": np.__version__, "device": cpu_name(),
-        "ort_settings": ORT_SETTINGS, "seconds": round(time.perf_counter() - t0, 1),
+        "ort_settings": ort_settings(spinning), "seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runner": "ort_runner.py",
     }  # fmt: skip
     write_json_atomic(out.with_name(out.stem + ".info.json"), info)
