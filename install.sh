@@ -6,6 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 
+# Fashion-MNIST, the default data set, comes offline from Debian's package (see hwnas/data.py);
+# elsewhere it is optional: --data-dir points at the files instead.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  if [ "$(dpkg-query -W -f='${Status}' dataset-fashion-mnist 2>/dev/null || true)" != "install ok installed" ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+      || echo "install.sh: warning: could not install dataset-fashion-mnist; pass --data-dir to hwnas for Fashion-MNIST" >&2
+  fi
+fi
+
 if [ -z "${HWNAS_KEEP_TORCH:-}" ]; then
   case "$(uname -m)" in
     aarch64|arm64) TORCH="torch==2.9.1 torchvision==0.24.1" ;;

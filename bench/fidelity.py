@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--nets", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks")
     ap.add_argument("--repeat", action="store_true", help="build a second LUT and compare predictions")
+    ap.add_argument("--measure-rounds", type=int, default=5, help="rounds for each validation network")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def main() -> None:
         t0 = time.perf_counter()
         lut = profile(sp, s, path)
         secs = time.perf_counter() - t0
-        f = fidelity(sp, lut, a.nets, a.seed, s)
+        f = fidelity(sp, lut, a.nets, a.seed, replace(s, rounds=a.measure_rounds))
         r = f.summary()
         r.update(config=cfg, profile_seconds=round(secs, 1), keys=len(lut.table))
         if a.repeat:

@@ -43,6 +43,7 @@ class Node:
     call: OpCall
     inputs: tuple[int, ...]
     where: str  # human-readable location, e.g. "layers[3]" or "cell 2 node 1 edge 0"
+    tag: tuple[Any, ...] = ()  # machine-readable location: ("layer", i) or ("edge", "normal"|"reduce", k, cell)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,9 @@ class _Builder:
         self.nodes: list[Node] = []
         self.shapes: dict[int, Shape] = {-1: in_shape}
 
-    def add(self, op: str, params: Mapping[str, Any], inputs: tuple[int, ...], where: str) -> int:
+    def add(
+        self, op: str, params: Mapping[str, Any], inputs: tuple[int, ...], where: str, tag: tuple[Any, ...] = ()
+    ) -> int:
         shape = self.shapes[inputs[0]]
         for i in inputs[1:]:
             if self.shapes[i] != shape:
@@ -199,7 +202,7 @@ class _Builder:
             out = call.out_shape
         except OpError as e:
             raise ArchError(f"{where}: {e}") from None
-        self.nodes.append(Node(call, inputs, where))
+        self.nodes.append(Node(call, inputs, where, tag))
         idx = len(self.nodes) - 1
         self.shapes[idx] = out
         return idx
@@ -211,11 +214,11 @@ def _walk_blocks(arch: Arch) -> Iterator[Node]:
     if not isinstance(layers, list):
         raise ArchError("field 'layers' must be a list of op objects")
     prev = -1
-    for where, d in [("stem", arch.body["stem"]), *((f"layers[{i}]", d) for i, d in enumerate(layers))]:
+    for i, (where, d) in enumerate([("stem", arch.body["stem"]), *((f"layers[{i}]", d) for i, d in enumerate(layers))]):
         op, params = _op_dict(d, where)
         if op == "head":
             raise ArchError(f"{where}: 'head' belongs in the 'head' field")
-        prev = b.add(op, params, (prev,), where)
+        prev = b.add(op, params, (prev,), where, ("layer", i - 1) if i else ("stem",))
     op, params = _op_dict(arch.body["head"], "head")
     if op != "head":
         raise ArchError(f"head: op must be 'head', got {op!r}")
@@ -235,12 +238,23 @@ def _walk_cells(arch: Arch) -> Iterator[Node]:
     geno = body["genotype"]
     if not isinstance(geno, dict) or set(geno) != {"normal", "reduce"}:
         raise ArchError("field 'genotype' must be an object with exactly 'normal' and 'reduce'")
-    n_nodes = _check_cell(geno["normal"], "genotype.normal")
-    if _check_cell(geno["reduce"], "genotype.reduce") != n_nodes:
+    cells = {k: _check_cell(geno[k], f"genotype.{k}") for k in ("normal", "reduce")}
+    if len(cells["normal"]) != len(cells["reduce"]):
         raise ArchError("genotype.normal and genotype.reduce must have the same number of nodes")
+    yield from walk_cells(arch.input, body, cells).nodes
 
+
+def walk_cells(in_shape: Shape, body: Mapping[str, Any], cells: Mapping[str, list[list[tuple[str, int]]]]) -> Plan:
+    """The plan of a DARTS network whose nodes each sum any number of ``(op, input)`` edges.
+
+    A derived cell has two edges per node; the supernet walks the dense cell (every input of
+    every node) through this same function, so both agree on shapes and strides. Edge nodes are
+    tagged ``("edge", cell_type, k, cell_index)`` with ``k`` the edge's index in node-major order.
+    """
     C = body["C"]
-    b = _Builder(arch.input)
+    n_layers, reduce_at = body["layers"], body["reduce_at"]
+    n_nodes = len(cells["normal"])
+    b = _Builder(in_shape)
     stem = b.add("conv_bn_act", {"out": body["stem_multiplier"] * C, "k": 3, "stride": 1, "act": "none"}, (-1,), "stem")
     s0 = s1 = stem
     c_cur, red_prev = C, False
@@ -256,20 +270,24 @@ def _walk_cells(arch: Arch) -> Iterator[Node]:
             p0 = b.add("relu_conv_bn", {"out": c_cur, "k": 1, "stride": 1}, (s0,), f"{where} preprocess0")
         p1 = b.add("relu_conv_bn", {"out": c_cur, "k": 1, "stride": 1}, (s1,), f"{where} preprocess1")
         states = [p0, p1]
-        for j in range(n_nodes):
+        k = 0
+        for j, edges in enumerate(cells[cell]):
             outs = []
-            for e in range(2):
-                op, src = geno[cell][2 * j + e]
+            for e, (op, src) in enumerate(edges):
                 stride = 2 if red and src < 2 else 1
-                outs.append(b.add(op, {"stride": stride}, (states[src],), f"{where} ({cell}) node {j} edge {e}"))
-            states.append(b.add("add", {"n": 2}, tuple(outs), f"{where} node {j} sum"))
+                w = f"{where} ({cell}) node {j} edge {e}"
+                outs.append(b.add(op, {"stride": stride}, (states[src],), w, ("edge", cell, k, i)))
+                k += 1
+            total = b.add("add", {"n": len(outs)}, tuple(outs), f"{where} node {j} sum") if len(outs) > 1 else outs[0]
+            states.append(total)
         out = b.add("concat", {"n": n_nodes}, tuple(states[2:]), f"{where} concat")
         s0, s1, red_prev = s1, out, red
     b.add("head", {"mix": 0, "classes": body["classes"], "act": "none"}, (s1,), "head")
-    yield from b.nodes
+    return Plan(tuple(in_shape), tuple(b.nodes))
 
 
-def _check_cell(edges: Any, where: str) -> int:
+def _check_cell(edges: Any, where: str) -> list[list[tuple[str, int]]]:
+    """Validate a derived cell (two ``[op, input]`` pairs per node) and group it by node."""
     if not isinstance(edges, list) or not edges or len(edges) % 2:
         raise ArchError(f"{where} must be a non-empty list of [op, input] pairs, two per node")
     for i, edge in enumerate(edges):
@@ -287,7 +305,7 @@ def _check_cell(edges: Any, where: str) -> int:
             raise ArchError(f"{where}[{i}]: {e}") from None
         if spec.params != ("stride",):
             raise ArchError(f"{where}[{i}]: {op!r} is not a cell edge op")
-    return len(edges) // 2
+    return [[(op, src) for op, src in edges[2 * j : 2 * j + 2]] for j in range(len(edges) // 2)]
 
 
 class PlanNet(nn.Module):

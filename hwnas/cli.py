@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)  # long lines stay whole (paths, commands)
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -84,10 +84,16 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
         yield update
 
 
-def _load_space(space: str, input_size: int | None, width_mult: float | None):
+def _load_space(
+    space: str,
+    input_size: int | None,
+    width_mult: float | None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+):
     from hwnas.space import load_space
 
-    return load_space(space, input_size, width_mult)
+    return load_space(space, input_size, width_mult).with_params(in_channels=in_channels, num_classes=num_classes)
 
 
 def _check_out(path: Path, force: bool) -> None:
@@ -107,6 +113,16 @@ SpaceOpt = Annotated[
 InputSizeOpt = Annotated[
     int | None,
     typer.Option("--input-size", min=8, max=4096, help="Input height = width in pixels (default: the space's)."),
+]
+ChannelsOpt = Annotated[
+    int | None,
+    typer.Option("--in-channels", min=1, max=64, help="Input channels (default: the space's; 1 for Fashion-MNIST)."),
+]
+ClassesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--num-classes", min=1, max=100000, help="Classifier outputs (default: the space's; 10 for Fashion-MNIST)."
+    ),
 ]
 WidthOpt = Annotated[
     float | None,
@@ -142,6 +158,8 @@ def profile(
     ] = None,
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
+    in_channels: ChannelsOpt = None,
+    num_classes: ClassesOpt = None,
     spinning: Annotated[
         bool | None,
         typer.Option(
@@ -191,7 +209,7 @@ def profile(
         lut = import_results(import_csv, out_path)
         out.print(f"wrote {out_path} ({len(lut.table)} keys, {lut.describe()})")
         return
-    sp = _load_space(space, input_size, width_mult)
+    sp = _load_space(space, input_size, width_mult, in_channels, num_classes)
     if emit_onnx is not None:
         n = emit(sp, s, emit_onnx)
         out.print(
@@ -383,8 +401,12 @@ def validate_lut(
 
     table = LUT.load(lut)
     m = table.meta
-    sp = _load_space(space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]))
-    s = settings_from_lut(table, rounds=rounds)
+    sp = _load_space(
+        space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]),
+        m.get("in_channels"), m.get("num_classes"),
+    )  # fmt: skip
+    # validation nets get at least 5 rounds: their own noise should not blur the figures
+    s = settings_from_lut(table, rounds=rounds or max(5, int(table.meta.get("rounds", 3))))
     note = device_note(table, s)
     if note:
         err.print(note, highlight=False)
@@ -419,6 +441,107 @@ def validate_lut(
     if json_out:
         doc = {"lut": str(lut), "seed": seed, **r, "predicted_ms": f.predicted, "measured_ms": f.measured}
         atomic_write(json_out, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+class StrategyName(str, enum.Enum):
+    softmax = "softmax"
+    binary = "binary"
+    gumbel = "gumbel"
+
+
+class LossName(str, enum.Enum):
+    add = "add"
+    mul_log = "mul-log"
+    hinge = "hinge"
+
+
+@app.command()
+@user_errors
+def search(
+    lut: Annotated[
+        Path,
+        typer.Option(
+            "--lut", "-l", help="LUT of the target (hwnas profile ... --in-channels/--num-classes of the data set)."
+        ),
+    ],
+    latency_budget: Annotated[
+        str,
+        typer.Option("--latency-budget", "-b", help="Budget: 20ms, '20 ms', 0.02s, 20000us; a bare number means ms."),
+    ],
+    space: SpaceOpt = "proxyless",
+    strategy: Annotated[
+        StrategyName, typer.Option(help="softmax (DARTS), binary (ProxylessNAS) or gumbel (FBNet; --hard: GDAS).")
+    ] = StrategyName.binary,
+    hard: Annotated[bool, typer.Option("--hard", help="gumbel: straight-through hard samples (GDAS).")] = False,
+    loss: Annotated[
+        LossName,
+        typer.Option(help="Latency term: hinge (lam adapts by dual ascent), add, or mul-log (FBNet/ProxylessNAS)."),
+    ] = LossName.hinge,
+    epochs: Annotated[int, typer.Option(min=1, max=10000)] = 3,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    lr: Annotated[float, typer.Option(min=1e-6, max=10.0, help="Weights learning rate (SGD, cosine).")] = 0.05,
+    arch_lr: Annotated[
+        float, typer.Option("--arch-lr", min=1e-6, max=10.0, help="Architecture learning rate (Adam).")
+    ] = 3e-3,
+    dataset: Annotated[
+        str, typer.Option(help="fashion-mnist (default, offline from Debian's package), cifar10 or imagefolder.")
+    ] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where the data set's files are.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=4, help="Use at most this many training images (both halves).")
+    ] = 2000,
+    input_size: InputSizeOpt = None,
+    width_mult: WidthOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed; a CPU search with the same seed writes the same arch.json.")] = 0,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<space>-<strategy>-<budget>).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing run directory's arch.json.")] = False,
+) -> None:
+    """Differentiable hardware-aware search under a latency budget; writes RUN/arch.json.
+
+    Example: hwnas search --space proxyless --strategy binary --latency-budget 5ms --lut latency_tables/cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv
+    """
+    from hwnas.budget import format_ms, parse_budget_ms
+    from hwnas.lut import LUT
+    from hwnas.search import SearchConfig, run_search
+
+    budget = parse_budget_ms(latency_budget)
+    table = LUT.load(lut)
+    run = out_dir or Path("runs") / f"{Path(space).stem}-{strategy.value}-{format_ms(budget).replace(' ', '')}"
+    if (run / "arch.json").exists() and not (force or resume):
+        raise UsageError(
+            f"{run / 'arch.json'} exists; pass --force to overwrite, --resume to continue, or another --out"
+        )
+    cfg = SearchConfig(
+        space=space, strategy=strategy.value, hard=hard, loss=loss.value, budget_ms=budget, epochs=epochs,
+        batch_size=batch_size, lr=lr, arch_lr=arch_lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+        limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),
+        width_mult=width_mult, seed=seed,
+    )  # fmt: skip
+    cols = [
+        TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+    ]  # fmt: skip
+    with Progress(*cols, console=err) as prog:
+        task = prog.add_task("search", total=epochs, info="")
+
+        def update(st: dict[str, Any]) -> None:
+            info = (
+                f"loss {st['loss']:.3f} acc {st['train_acc']:.3f} E[lat] {st['e_lat_ms']:.3f}/{st['budget_ms']:.3f} ms "
+                f"lam {st['lam']:.3f} tau {st['tau']:.2f}"
+            )
+            prog.update(task, completed=st["epoch"], info=info)
+
+        arch = run_search(cfg, table, run, update, resume=resume)
+    i = arch.info
+    out.print(
+        f"wrote {run / 'arch.json'}: predicted {i['predicted_ms']:.3f} ms <= budget {budget:.3f} ms on {table.describe()} "
+        f"(fastest possible {i['min_latency_ms']:.3f} ms; {i['repair_swaps']} repair swap(s))\n"
+        f"accuracy was learned at the data set's {i['trained_at_px']} px; latency is priced at the deployment input "
+        f"{arch.input[1]} px. History: {run / 'history.csv'}"
+    )
 
 
 @app.command()

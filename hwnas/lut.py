@@ -133,23 +133,27 @@ class LUT:
         return sorted({c.key for c in calls if c.priced and c.key not in self.latency})
 
     def check_covers(
-        self, calls: Iterable[OpCall], space: str, input_size: int, width_mult: float | None = None
+        self, calls: Iterable[OpCall], space: str, input_size: int, width_mult: float | None = None, **extra: Any
     ) -> None:
-        """Raise a :class:`LutError` listing missing keys and the command that measures them."""
+        """Raise a :class:`LutError` listing missing keys and the command that measures them.
+
+        ``extra`` (``in_channels``, ``num_classes``) go into that command when given.
+        """
         missing = self.missing(calls)
         if not missing:
             return
         shown = "; ".join(missing[:5]) + (f"; ... ({len(missing) - 5} more)" if len(missing) > 5 else "")
         raise LutError(
             f"{self.path or 'LUT'} lacks {len(missing)} key(s) this network needs: {shown}. "
-            f"Measure them with: {self.profile_command(space, input_size, width_mult)}"
+            f"Measure them with: {self.profile_command(space, input_size, width_mult, **extra)}"
         )
 
-    def profile_command(self, space: str, input_size: int, width_mult: float | None = None) -> str:
+    def profile_command(self, space: str, input_size: int, width_mult: float | None = None, **extra: Any) -> str:
         m = self.meta
         wm = f" --width-mult {width_mult:g}" if width_mult not in (None, 1, 1.0) else ""
+        more = "".join(f" --{k.replace('_', '-')} {v}" for k, v in extra.items() if v is not None)
         return (
-            f"hwnas profile --space {space} --input-size {input_size}{wm} --device {m['device_kind']} "
+            f"hwnas profile --space {space} --input-size {input_size}{wm}{more} --device {m['device_kind']} "
             f"--backend {m['backend']} --threads {m['threads']} --batch {m['batch']}"
         )
 
@@ -163,7 +167,8 @@ class LUT:
                     f"{self.path or 'LUT'} was measured at input size {self.meta['input_size']}, the network "
                     f"takes {size}; profile that size: {self.profile_command(target.space, size, target.info.get('width_mult'))}"
                 )
-            self.check_covers(plan.calls, target.space, size, target.info.get("width_mult"))
+            shape = {"in_channels": target.input[0], "num_classes": plan.nodes[-1].call.out_shape[0]}
+            self.check_covers(plan.calls, target.space, size, target.info.get("width_mult"), **shape)
         else:
             missing = self.missing(plan.calls)
             if missing:

@@ -127,12 +127,21 @@ class Space:
     raw: Mapping[str, Any]
 
     # -- parameters -------------------------------------------------------------------------
-    def with_params(self, input_size: int | None = None, width_mult: float | None = None) -> Space:
-        """The same space at another input size (pixels) and/or width multiplier."""
+    def with_params(
+        self,
+        input_size: int | None = None,
+        width_mult: float | None = None,
+        in_channels: int | None = None,
+        num_classes: int | None = None,
+    ) -> Space:
+        """The same space at another input size (pixels), width multiplier, input channels or
+        number of classes (None keeps the current value)."""
         sp = replace(
             self,
             input_size=self.input_size if input_size is None else int(input_size),
             width_mult=self.width_mult if width_mult is None else float(width_mult),
+            in_channels=self.in_channels if in_channels is None else int(in_channels),
+            num_classes=self.num_classes if num_classes is None else int(num_classes),
         )
         sp.validate()
         return sp
@@ -202,17 +211,20 @@ class Space:
     def cell_ops(self) -> list[str]:
         return list(self.raw["ops"])
 
-    def cells_arch(self, genotype: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> Arch:
+    def cells_body(self) -> dict[str, Any]:
+        """The cell settings of a DARTS arch (everything but the genotype)."""
         r = self.raw
         n = int(r["layers"])
-        body = {
+        return {
             "C": max(1, round(int(r["C"]) * self.width_mult)),
             "layers": n,
             "stem_multiplier": int(r.get("stem_multiplier", 3)),
             "reduce_at": sorted({n // 3, 2 * n // 3}),
             "classes": self.num_classes,
-            "genotype": {k: [list(e) for e in genotype[k]] for k in ("normal", "reduce")},
         }
+
+    def cells_arch(self, genotype: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> Arch:
+        body = {**self.cells_body(), "genotype": {k: [list(e) for e in genotype[k]] for k in ("normal", "reduce")}}
         return Arch("cells", self.name, self.input_shape, body, dict(info or {}))
 
     # -- all kinds --------------------------------------------------------------------------

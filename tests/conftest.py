@@ -51,3 +51,25 @@ def fast_target(tmp_path: Path) -> Path:
     p = tmp_path / "fast.toml"
     p.write_text(FAST_TARGET_TOML)
     return p
+
+
+def write_fake_fashion_mnist(folder: Path, n_train: int = 64, n_test: int = 16, seed: int = 0) -> Path:
+    """Tiny Fashion-MNIST look-alike: the four original file names, IDX format, gzip'd; labels
+    follow the image brightness so a few steps of training can learn something."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n)
+        images = np.clip(rng.normal(labels[:, None, None] * 25, 20, (n, 28, 28)), 0, 255)
+        blobs = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.astype(np.uint8).tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.astype(np.uint8).tobytes(),
+        }
+        for name, blob in blobs.items():
+            (folder / f"{name}.gz").write_bytes(gzip.compress(blob))
+    return folder

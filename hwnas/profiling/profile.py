@@ -183,10 +183,16 @@ def versions() -> dict[str, str]:
 
 
 def default_lut_path(space: Space, s: ProfileSettings, root: Path = Path("latency_tables")) -> Path:
-    """``latency_tables/<device>-<backend>-t<threads>[-b<batch>]__<space>-<size>[-w<mult>].csv``."""
+    """``latency_tables/<device>-<backend>-t<threads>[-b<batch>]__<space>-<size>[-w<mult>][-<C>ch-<K>cls].csv``."""
     b = f"-b{s.batch}" if s.batch != 1 else ""
     w = f"-w{space.width_mult:g}" if space.width_mult != 1 else ""
-    return root / f"{s.device}-{s.backend}-t{s.threads}{b}__{space.name}-{space.input_size}{w}.csv"
+    default_shape = (space.raw.get("in_channels", 3), space.raw.get("num_classes", 1000))
+    shape = (
+        f"-{space.in_channels}ch-{space.num_classes}cls"
+        if (space.in_channels, space.num_classes) != default_shape
+        else ""
+    )
+    return root / f"{s.device}-{s.backend}-t{s.threads}{b}__{space.name}-{space.input_size}{w}{shape}.csv"
 
 
 def assemble(
@@ -251,9 +257,15 @@ def fit_model(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
     """Least-squares ``y = scale * x + overhead``; falls back to scale 1 when that is ill-posed."""
     if len(xs) >= 3 and np.ptp(xs) > 1e-9:
         (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
-        if 0.5 < scale < 2.0:
+        # a usable model keeps every calibration network's prediction positive
+        if 0.5 < scale < 2.0 and scale * xs.min() + overhead > 0:
             return float(scale), float(overhead)
-    return 1.0, float(np.median(ys - xs)) if len(xs) else 0.0
+    if len(xs) == 0:
+        return 1.0, 0.0
+    overhead = float(np.median(ys - xs))
+    if xs.min() + overhead > 0:
+        return 1.0, overhead
+    return float(np.median(ys / np.maximum(xs, 1e-9))), 0.0
 
 
 def space_meta(space: Space) -> dict[str, Any]:
@@ -264,6 +276,7 @@ def space_meta(space: Space) -> dict[str, Any]:
         "space": space.name, "space_source": space.name if shipped else space.source,
         "space_sha256": hashlib.sha256(raw).hexdigest(),
         "input_size": space.input_size, "width_mult": space.width_mult,
+        "in_channels": space.in_channels, "num_classes": space.num_classes,
     }  # fmt: skip
 
 

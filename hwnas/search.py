@@ -1,0 +1,352 @@
+"""The bilevel hardware-aware search: what ``hwnas search`` runs.
+
+Weights train on one half of the training set, architecture logits on the other (DARTS's
+first-order alternation). The architecture loss adds the expected latency of the derived network
+(:meth:`hwnas.supernet.Supernet.expected_latency_ms`, priced at the deployment input shape) in the
+selected form (:mod:`hwnas.objectives`); ``lam`` adapts by dual ascent on ``E[lat]/budget - 1``.
+After derivation a repair step swaps the choices that lose the least architecture probability per
+millisecond saved until the predicted latency is within the budget, so the budget is kept.
+
+Files in the run directory (all written atomically): ``arch.json`` (the result), ``history.csv``
+(one row per epoch: loss, accuracy, E[lat], lam, tau and every choice's probability),
+``checkpoint.pt`` (after every epoch; ``--resume`` continues from it), ``config.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+from hwnas.lut import LUT, LutError, atomic_write
+from hwnas.objectives import DualLambda, get_objective
+from hwnas.space import Choice, Space, load_space
+from hwnas.strategies import Binary, make_strategy
+from hwnas.supernet import MixedOp, Supernet
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Everything a search depends on; stored in ``config.json`` and in the checkpoint."""
+
+    space: str = "proxyless"
+    strategy: str = "binary"  # softmax | binary | gumbel
+    hard: bool = False  # gumbel: GDAS's straight-through hard sample
+    loss: str = "hinge"  # add | mul-log | hinge (lam and its dual ascent act on add and hinge)
+    budget_ms: float = 5.0
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 0.05  # weights: SGD, momentum 0.9, cosine schedule
+    arch_lr: float = 3e-3  # architecture: Adam(0.5, 0.999), as DARTS / ProxylessNAS
+    lam0: float = 1.0  # starting latency multiplier (add / hinge)
+    dual_lr: float = 0.05  # dual ascent step on E[lat]/budget - 1, per architecture step
+    tau0: float = 5.0  # gumbel temperature at epoch 0 (FBNet) ...
+    tau_decay: float = 0.956  # ... times this per epoch
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    limit: int | None = 2000  # training examples used (both halves); None: all
+    input_size: int | None = None  # deployment input size (pixels); None: the space's
+    width_mult: float | None = None
+    seed: int = 0
+    workers: int = 0
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def spaces_for(cfg: SearchConfig, in_channels: int, num_classes: int, image_size: int) -> tuple[Space, Space]:
+    """(deployment space, training space): same choices; the first at the deployment input size,
+    the second at the data's resolution; both with the data's channels and classes."""
+    deploy = load_space(cfg.space, cfg.input_size, cfg.width_mult).with_params(
+        in_channels=in_channels, num_classes=num_classes
+    )
+    return deploy, deploy.with_params(input_size=image_size)
+
+
+def min_latency_arch(net: Supernet, lut: LUT) -> Arch:
+    """The fastest network of the space on ``lut`` (the repair's floor)."""
+    sp = net.price_space
+    if sp.kind == "blocks":
+        picks, k = [], 0
+        for slot in sp.slots():
+            if len(slot.choices) == 1:
+                picks.append(slot.choices[0])
+                continue
+            lat = _row_costs(net)[k]
+            picks.append(net._choices[k][int(np.argmin(lat))])
+            k += 1
+        return sp.blocks_arch(picks)
+    costs = _row_costs(net)
+    ops = sp.cell_ops
+    keep = [i for i, o in enumerate(ops) if o != "none"]
+    n_edges = len(net.rows) // 2
+    geno: dict[str, list[list[object]]] = {}
+    for c, cell in enumerate(("normal", "reduce")):
+        edges: list[list[object]] = []
+        base = 0
+        for j in range(int(sp.raw["nodes"])):
+            best = sorted((min(costs[c * n_edges + base + s][i] for i in keep), s) for s in range(2 + j))[:2]
+            for _, s in sorted(best, key=lambda t: t[1]):
+                row = costs[c * n_edges + base + s]
+                edges.append([ops[min(keep, key=lambda i: row[i])], s])
+            base += 2 + j
+        geno[cell] = edges
+    return sp.cells_arch(geno)
+
+
+def _row_costs(net: Supernet) -> list[list[float]]:
+    """Deployment latency (ms, before the LUT's scale) of each choice of each logits row, summed
+    over every place the row is used (DARTS rows are shared by all cells of a type)."""
+    out = [[0.0] * len(r.choices) for r in net.rows]
+    for m in net.nodes:
+        if isinstance(m, MixedOp):
+            for i, v in enumerate(m.lat_ms.tolist()):
+                out[m.key][i] += v
+    return out
+
+
+def repair(net: Supernet, arch: Arch, lut: LUT, budget_ms: float) -> tuple[Arch, int]:
+    """Swap choices of ``arch`` for cheaper ones until ``lut`` predicts <= budget; each swap is the
+    one that gives up the least log-probability per ms saved. Returns (arch, swaps made)."""
+    sp = net.price_space
+    swaps = 0
+    with torch.no_grad():
+        logp = [torch.log_softmax(net.row(k), -1).tolist() for k in range(len(net.rows))]
+    while lut.predict(arch).total_ms > budget_ms:
+        now = lut.predict(arch).total_ms
+        best: tuple[float, Arch] | None = None
+        for cand, dlogp in _neighbours(net, arch, sp, logp):
+            saved = now - lut.predict(cand).total_ms
+            if saved > 1e-12:
+                score = dlogp / saved
+                if best is None or score < best[0]:
+                    best = (score, cand)
+        if best is None:
+            raise HwnasError(
+                f"cannot bring the network under {budget_ms:.4g} ms by swapping choices (now {now:.4g} ms)"
+            )
+        arch, swaps = best[1], swaps + 1
+    return arch, swaps
+
+
+def _neighbours(net: Supernet, arch: Arch, sp: Space, logp: list[list[float]]):
+    """Archs one choice away from ``arch``, with the log-probability each swap gives up."""
+    if sp.kind == "blocks":
+        picks = _picks_of(net, arch)
+        k = -1
+        for s, slot in enumerate(sp.slots()):
+            if len(slot.choices) == 1:
+                continue
+            k += 1
+            cur = slot.choices.index(picks[s])
+            for i, c in enumerate(slot.choices):
+                if i != cur:
+                    new = [*picks[:s], c, *picks[s + 1 :]]
+                    yield sp.blocks_arch(new), logp[k][cur] - logp[k][i]
+        return
+    ops = sp.cell_ops
+    geno = arch.body["genotype"]
+    n_edges = len(net.rows) // 2
+    for c, cell in enumerate(("normal", "reduce")):
+        for e, (op, src) in enumerate(geno[cell]):
+            j = e // 2
+            row = c * n_edges + sum(2 + i for i in range(j)) + src
+            for o in ops:
+                if o not in ("none", op):
+                    g = {k: [list(x) for x in v] for k, v in geno.items()}
+                    g[cell][e][0] = o
+                    yield sp.cells_arch(g), logp[row][ops.index(op)] - logp[row][ops.index(o)]
+
+
+def _picks_of(net: Supernet, arch: Arch) -> list[Choice]:
+    """The choice per slot of a block arch derived from ``net`` (zero where a layer is absent)."""
+    layers = iter(arch.body["layers"])
+    picks = []
+    cur = next(layers, None)
+    for slot in net.price_space.slots():
+        match = None
+        if cur is not None:
+            for c in slot.choices:
+                if c.layer(slot.out, slot.stride) == cur:
+                    match = c
+                    break
+        if match is None:
+            match = next(c for c in slot.choices if c.op == "zero")
+        else:
+            cur = next(layers, None)
+        picks.append(match)
+    return picks
+
+
+def _history_row(net: Supernet, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
+    row: dict[str, Any] = {"epoch": epoch, **stats}
+    with torch.no_grad():
+        for k, r in enumerate(net.rows):
+            for c, p in zip(r.choices, net.probs(k).tolist(), strict=True):
+                row[f"p[{r.label}][{c}]"] = round(p, 6)
+    return row
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())
+
+
+def run_search(
+    cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None = None, resume: bool = False
+) -> Arch:
+    """Search, derive, repair, write ``arch.json`` (and history, checkpoint) to ``out_dir``."""
+    from hwnas.data import load_dataset, make_loader, search_split
+
+    _seed_all(cfg.seed)
+    ds, info = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, train=True)
+    deploy, train_sp = spaces_for(cfg, info.in_channels, info.num_classes, info.image_size)
+    if int(lut.meta["input_size"]) != deploy.input_size:
+        raise LutError(
+            f"{lut.path} was measured at input size {lut.meta['input_size']}, the search prices at "
+            f"{deploy.input_size}; pass --input-size {lut.meta['input_size']} or profile that size"
+        )
+    strategy = make_strategy(cfg.strategy, hard=cfg.hard)
+    net = Supernet(train_sp, strategy, lut, price_space=deploy)
+    floor = lut.predict(min_latency_arch(net, lut)).total_ms
+    if cfg.budget_ms < floor:
+        raise HwnasError(
+            f"--latency-budget {cfg.budget_ms:.4g} ms is below the fastest network of {deploy.describe()} on this LUT "
+            f"({floor:.4g} ms); ask for at least that"
+        )
+    objective = get_objective(cfg.loss)
+    dual = DualLambda(cfg.lam0, cfg.dual_lr)
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, max(1, cfg.epochs))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume:
+        start, history = _load_checkpoint(ckpt_path, cfg, net, w_opt, a_opt, sched, dual)
+    else:
+        atomic_write(out_dir / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
+    half_w, half_a = search_split(ds, cfg.seed, 0.5, cfg.limit)
+    for epoch in range(start, cfg.epochs):
+        strategy.tau = cfg.tau0 * cfg.tau_decay**epoch
+        lw = make_loader(half_w, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.workers)
+        la = make_loader(half_a, cfg.batch_size, True, cfg.seed * 1000 + epoch + 500, cfg.workers)
+        net.train()
+        tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
+        for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
+            strategy.phase = "weights"
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            _check_finite(loss, epoch, step, ckpt_path)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(net.weight_parameters()), 5.0)
+            w_opt.step()
+            strategy.phase = "arch"
+            ce = F.cross_entropy(net(xa), ya)
+            e_lat = net.expected_latency_ms()
+            a_loss = objective(ce, e_lat, cfg.budget_ms, dual.value)
+            _check_finite(a_loss, epoch, step, ckpt_path)
+            a_opt.zero_grad(set_to_none=True)
+            a_loss.backward()
+            before = [a.detach().clone() for a in net.arch_parameters()]
+            a_opt.step()
+            if isinstance(strategy, Binary):
+                for key, pair in strategy.sampled.items():
+                    r = net.rows[key]
+                    a, old = net.alphas[r.param], before[r.param]
+                    Binary.rescale(
+                        a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair
+                    )
+            dual.step(float(e_lat.detach()), cfg.budget_ms)
+            tot["loss"] += float(loss.detach()) * len(y)
+            tot["correct"] += int((logits.argmax(1) == y).sum())
+            tot["seen"] += len(y)
+            tot["e_lat_ms"] += float(e_lat.detach())
+            tot["steps"] += 1
+        sched.step()
+        stats = {
+            "loss": tot["loss"] / max(1, tot["seen"]), "train_acc": tot["correct"] / max(1, tot["seen"]),
+            "e_lat_ms": float(net.expected_latency_ms().detach()), "budget_ms": cfg.budget_ms, "lam": dual.value,
+            "tau": strategy.tau,
+        }  # fmt: skip
+        history.append(_history_row(net, epoch, stats))
+        _write_history(out_dir / "history.csv", history)
+        _save_checkpoint(ckpt_path, epoch + 1, cfg, net, w_opt, a_opt, sched, dual, history)
+        if progress:
+            progress({"epoch": epoch + 1, "epochs": cfg.epochs, **stats})
+    derived = net.derive()
+    arch, swaps = repair(net, derived, lut, cfg.budget_ms)
+    pred = lut.predict(arch).total_ms
+    arch = arch.with_info(
+        predicted_ms=pred, budget_ms=cfg.budget_ms, strategy=cfg.strategy, hard=cfg.hard, loss=cfg.loss,
+        seed=cfg.seed, epochs=cfg.epochs, dataset=info.name, trained_at_px=info.image_size,
+        lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), repair_swaps=swaps,
+        width_mult=deploy.width_mult, min_latency_ms=floor,
+    )  # fmt: skip
+    atomic_write(out_dir / "arch.json", arch.to_json().encode())
+    return arch
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None:
+    if not math.isfinite(float(loss.detach())):
+        last = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was written yet"
+        raise HwnasError(
+            f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; {last} (lower --lr)"
+        )
+
+
+def _save_checkpoint(
+    path: Path, epoch: int, cfg: SearchConfig, net: Supernet, w_opt, a_opt, sched, dual, history
+) -> None:
+    state = {
+        "epoch": epoch, "config": json.dumps(asdict(cfg), sort_keys=True), "model": net.state_dict(),
+        "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "sched": sched.state_dict(),
+        "dual": dual.state_dict(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
+    }  # fmt: skip
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def _load_checkpoint(path: Path, cfg: SearchConfig, net: Supernet, w_opt, a_opt, sched, dual):
+    if not path.exists():
+        raise HwnasError(f"--resume: {path} does not exist; start without --resume")
+    try:
+        state = torch.load(path, weights_only=True)
+        if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+            raise HwnasError(f"--resume: {path} was written by a search with other settings; use the same options")
+        net.load_state_dict(state["model"])
+        w_opt.load_state_dict(state["w_opt"])
+        a_opt.load_state_dict(state["a_opt"])
+        sched.load_state_dict(state["sched"])
+        dual.load_state_dict(state["dual"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["epoch"]), json.loads(state["history"])
+    except HwnasError:
+        raise
+    except Exception as e:  # a truncated or foreign file: one clear line
+        raise HwnasError(
+            f"--resume: {path} is not a readable hwnas checkpoint ({type(e).__name__}); delete it to start over"
+        ) from None

@@ -1,0 +1,279 @@
+"""Supernets built from a space: one mixed op per decision, a differentiable expected latency.
+
+The supernet is walked by the same walker as a derived network (:mod:`hwnas.arch`): a block
+space is walked with its layers in place, a DARTS space through :func:`hwnas.arch.walk_cells`
+with every input of every node present. The walked nodes that are decisions become
+:class:`MixedOp` containers of their candidates (each candidate is the op call a derived network
+would contain at that place), so shapes, strides and LUT keys agree with what is derived.
+
+Architecture parameters are real ``nn.Parameter`` s, kept apart from the weights
+(:meth:`Supernet.arch_parameters` / :meth:`Supernet.weight_parameters`):
+
+* block spaces: one logits vector per layer that offers more than one choice;
+* DARTS: ``alpha_normal`` and ``alpha_reduce``, one row per edge, shared by all cells of a type.
+
+Expected latency (ms), the same formula for every strategy, from latency buffers filled once
+from the LUT when the supernet is built::
+
+    E[lat] = scale * (fixed + sum over mixed ops m of  w_m * softmax(alpha_m) . lat_m) + overhead
+
+``fixed`` sums the blocks every derived network has (stem, head, single-choice layers; for DARTS
+the preprocessing, two-input node sums and concats). For block spaces ``w_m = 1``. A derived
+DARTS cell keeps, per node, the two incoming edges with the strongest non-``none`` op, and that
+op; so an edge's latency is ``q . lat`` with ``q`` the softmax over its non-``none`` logits, and
+it is weighted by ``w = min(1, 2 * s / sum of s over the node's edges)`` with ``s`` the edge's
+strongest non-``none`` probability: the expectation estimates the derived cell, not the dense one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.arch import Arch, Plan, walk_cells
+from hwnas.lut import LUT
+from hwnas.ops import OpCall, make_call
+from hwnas.space import Choice, Space
+from hwnas.strategies import Strategy
+
+
+class MixedOp(nn.Module):
+    """The candidates of one decision at one place; the supernet's strategy combines them."""
+
+    def __init__(self, calls: list[OpCall], key: int) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList([c.build() for c in calls])
+        self.calls = calls
+        self.key = key  # index of the logits row in Supernet.rows
+
+
+@dataclass(frozen=True)
+class Row:
+    """One logits row: which parameter (and row of it), and the names of its choices."""
+
+    label: str
+    param: int
+    row: int | None
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A space walked as a supernet: its plan, the candidates of each decision node, the rows."""
+
+    plan: Plan
+    mixed: dict[int, tuple[list[OpCall], int]]  # plan node -> (candidate calls, logits row)
+    rows: list[Row]
+    choices: dict[int, list[Choice]]  # block spaces: logits row -> the slot's choices
+    fixed: list[OpCall]  # blocks every derived network has, whatever the choices
+
+
+def structure(space: Space) -> Structure:
+    """Walk ``space`` as a supernet (see the module docstring); builds no modules."""
+    if space.kind == "blocks":
+        slots = space.slots()
+        rep = space.blocks_arch([next(c for c in s.choices if c.op != "zero") for s in slots])
+        mixed: dict[int, tuple[list[OpCall], int]] = {}
+        rows: list[Row] = []
+        choices: dict[int, list[Choice]] = {}
+        for i, node in enumerate(rep.plan.nodes):
+            if node.tag[:1] != ("layer",) or len(slots[node.tag[1]].choices) == 1:
+                continue
+            slot = slots[node.tag[1]]
+            calls = [
+                make_call(
+                    c.op, {k: v for k, v in c.layer(slot.out, slot.stride).items() if k != "op"}, node.call.in_shape
+                )
+                for c in slot.choices
+            ]
+            choices[len(rows)] = list(slot.choices)
+            mixed[i] = (calls, len(rows))
+            rows.append(Row(f"layer {slot.index}", len(rows), None, tuple(c.label for c in slot.choices)))
+        fixed = [n.call for i, n in enumerate(rep.plan.nodes) if i not in mixed]
+        return Structure(rep.plan, mixed, rows, choices, fixed)
+    ops = space.cell_ops
+    nodes = int(space.raw["nodes"])
+    dense = [[(ops[-1], src) for src in range(2 + j)] for j in range(nodes)]
+    plan = walk_cells(space.input_shape, space.cells_body(), {"normal": dense, "reduce": dense})
+    n_edges = sum(len(d) for d in dense)
+    rows = []
+    for c, cell in enumerate(("normal", "reduce")):
+        for k in range(n_edges):
+            j, src = _edge_of(k, nodes)
+            rows.append(Row(f"{cell} node {j} input {src}", c, k, tuple(ops)))
+    mixed = {}
+    for i, node in enumerate(plan.nodes):
+        if node.tag[:1] == ("edge",):
+            _, cell, k, _ = node.tag
+            stride = node.call.param_dict["stride"]
+            calls = [make_call(o, {"stride": stride}, node.call.in_shape) for o in ops]
+            mixed[i] = (calls, (0 if cell == "normal" else n_edges) + k)
+    any_arch = space.probe_archs()[0][1]
+    fixed = [n.call for n in any_arch.plan.nodes if n.tag[:1] != ("edge",)]
+    return Structure(plan, mixed, rows, {}, fixed)
+
+
+class Supernet(nn.Module):
+    """A space's supernet; ``forward`` routes every mixed op through ``strategy``.
+
+    ``price_space`` (default: ``space``) is the same space at the deployment input shape: the
+    network trains at the data's resolution while its latency is priced where it will run.
+    """
+
+    def __init__(
+        self, space: Space, strategy: Strategy, lut: LUT | None = None, price_space: Space | None = None
+    ) -> None:
+        super().__init__()
+        self.space, self.strategy = space, strategy
+        self.price_space = price_space or space
+        st = structure(space)
+        self.plan, self.rows, self._choices = st.plan, st.rows, st.choices
+        self.alphas = nn.ParameterList()
+        if space.kind == "blocks":
+            for r in st.rows:
+                self.alphas.append(nn.Parameter(torch.zeros(len(r.choices))))
+        else:
+            n_edges = len(st.rows) // 2
+            for _ in ("normal", "reduce"):
+                self.alphas.append(nn.Parameter(torch.zeros(n_edges, len(space.cell_ops))))
+        self.nodes = nn.ModuleList(
+            [MixedOp(*st.mixed[i]) if i in st.mixed else n.call.build() for i, n in enumerate(st.plan.nodes)]
+        )
+        self._inputs = [n.inputs for n in st.plan.nodes]
+        self._mixed_idx = sorted(st.mixed)
+        self.lut = lut
+        if lut is not None:
+            self._fill_latency(lut)
+
+    def _fill_latency(self, lut: LUT) -> None:
+        """Latency buffers (ms) per mixed op and the fixed part, read once from the LUT at the
+        deployment shape; mixed ops correspond one to one, in plan order."""
+        price = structure(self.price_space)
+        priced = [price.mixed[i][0] for i in sorted(price.mixed)]
+        if len(priced) != len(self._mixed_idx):
+            raise ValueError("the pricing space does not have the supernet's decisions")
+        sp = self.price_space
+        shape = {"in_channels": sp.in_channels, "num_classes": sp.num_classes}
+        lut.check_covers(
+            [c for calls in priced for c in calls] + price.fixed, sp.name, sp.input_size, sp.width_mult, **shape
+        )
+        for i, calls in zip(self._mixed_idx, priced, strict=True):
+            self.nodes[i].register_buffer(
+                "lat_ms", torch.tensor([lut.latency[c.key] if c.priced else 0.0 for c in calls])
+            )
+        self.register_buffer("fixed_ms", torch.tensor(sum(lut.latency[c.key] for c in price.fixed if c.priced)))
+
+    # -- parameters -------------------------------------------------------------------------
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def weight_parameters(self) -> Iterator[nn.Parameter]:
+        arch = {id(p) for p in self.alphas}
+        return (p for p in self.parameters() if id(p) not in arch)
+
+    def row(self, key: int) -> torch.Tensor:
+        r = self.rows[key]
+        a = self.alphas[r.param]
+        return a if r.row is None else a[r.row]
+
+    def probs(self, key: int) -> torch.Tensor:
+        return F.softmax(self.row(key), dim=-1)
+
+    # -- forward and latency ----------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.strategy.begin_step()
+        outs: dict[int, torch.Tensor] = {-1: x}
+        for i, (mod, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
+            xs = tuple(outs[j] for j in ins)
+            if isinstance(mod, MixedOp):
+                outs[i] = self.strategy.mix(mod.ops, xs, self.row(mod.key), mod.key)
+            else:
+                outs[i] = mod(*xs)
+        return outs[len(self.nodes) - 1]
+
+    def expected_latency_ms(self) -> torch.Tensor:
+        """Differentiable expected latency (ms) of the derived network (formula in the module doc)."""
+        if self.lut is None:
+            raise RuntimeError("build the supernet with a LUT to price it")
+        total = self.fixed_ms.clone()
+        if self.space.kind == "blocks":
+            for i in self._mixed_idx:
+                m = self.nodes[i]
+                total = total + self.probs(m.key) @ m.lat_ms
+        else:
+            total = total + self._cells_expected()
+        return self.lut.scale * total + self.lut.overhead_ms
+
+    def _cells_expected(self) -> torch.Tensor:
+        ops = self.space.cell_ops
+        keep = torch.tensor([o != "none" for o in ops])
+        nodes = int(self.space.raw["nodes"])
+        total = torch.zeros(())
+        by_node: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for i in self._mixed_idx:
+            m = self.nodes[i]
+            p = self.probs(m.key)
+            q = F.softmax(self.row(m.key)[keep], dim=-1)
+            strength = p[keep].max()
+            _, _, k, cell = self.plan.nodes[i].tag
+            j, _ = _edge_of(k, nodes)
+            by_node.setdefault((cell, j), []).append((strength, q @ m.lat_ms[keep]))
+        for edges in by_node.values():
+            s = torch.stack([e[0] for e in edges])
+            w = torch.clamp(2 * s / s.sum(), max=1.0)
+            total = total + (w * torch.stack([e[1] for e in edges])).sum()
+        return total
+
+    # -- derivation -------------------------------------------------------------------------
+    def derive(self) -> Arch:
+        """The derived architecture at the deployment shape (plain data): argmax per layer (zero
+        drops the block); for DARTS the two strongest non-``none`` edges per node and their op."""
+        with torch.no_grad():
+            if self.space.kind == "blocks":
+                picks = []
+                keys = iter(range(len(self.rows)))
+                for slot in self.price_space.slots():
+                    if len(slot.choices) == 1:
+                        picks.append(slot.choices[0])
+                    else:
+                        k = next(keys)
+                        picks.append(self._choices[k][int(self.probs(k).argmax())])
+                return self.price_space.blocks_arch(picks)
+            return self.price_space.cells_arch(self.genotype())
+
+    def genotype(self) -> dict[str, list[list[object]]]:
+        ops = self.space.cell_ops
+        nodes = int(self.space.raw["nodes"])
+        keep = [i for i, o in enumerate(ops) if o != "none"]
+        n_edges = len(self.rows) // 2
+        geno: dict[str, list[list[object]]] = {}
+        for c, cell in enumerate(("normal", "reduce")):
+            edges: list[list[object]] = []
+            for j in range(nodes):
+                cands = []
+                for src in range(2 + j):
+                    k = c * n_edges + _edge_index(j, src)
+                    p = self.probs(k)[keep]
+                    best = int(p.argmax())
+                    cands.append((float(p[best]), src, ops[keep[best]]))
+                top = sorted(sorted(cands, reverse=True)[:2], key=lambda t: t[1])
+                edges += [[op, src] for _, src, op in top]
+            geno[cell] = edges
+        return geno
+
+
+def _edge_index(node: int, src: int) -> int:
+    """Index of edge ``src -> node`` in node-major order (node j has inputs 0 .. j + 1)."""
+    return sum(2 + i for i in range(node)) + src
+
+
+def _edge_of(k: int, nodes: int) -> tuple[int, int]:
+    for j in range(nodes):
+        if k < 2 + j:
+            return j, k
+        k -= 2 + j
+    raise IndexError(k)

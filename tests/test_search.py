@@ -1,0 +1,165 @@
+"""The search end to end on tiny spaces and tiny data: every strategy on both kinds of space."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import fast_settings, write_fake_fashion_mnist
+from typer.testing import CliRunner
+
+from hwnas.arch import Arch
+from hwnas.cli import app
+from hwnas.errors import HwnasError
+from hwnas.lut import LUT
+from hwnas.profiling.profile import profile
+from hwnas.search import SearchConfig, run_search
+from hwnas.space import load_space
+from hwnas.strategies import STRATEGIES
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HWNAS_DATA", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def luts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LUT]:
+    """LUTs at the deployment shape of the fake data: 1 channel, 10 classes."""
+    out = {}
+    for name in ("tiny", "tiny_darts"):
+        sp = load_space(name).with_params(in_channels=1, num_classes=10)
+        out[name] = profile(sp, fast_settings(), tmp_path_factory.mktemp("lut") / f"{name}.csv")
+    return out
+
+
+def _cfg(space: str, data_dir: Path, lut: LUT, **kw) -> SearchConfig:
+    base = SearchConfig(
+        space=space, epochs=1, batch_size=8, limit=32, data_dir=str(data_dir), input_size=int(lut.meta["input_size"]),
+        budget_ms=1e3,
+    )  # fmt: skip
+    return replace(base, **kw)
+
+
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "gdas"])
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_every_strategy_searches_both_kinds(space: str, strategy: str, data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts[space]
+    hard = strategy == "gdas"
+    cfg = _cfg(space, data_dir, lut, strategy="gumbel" if hard else strategy, hard=hard, epochs=2)
+    arch = run_search(cfg, lut, tmp_path)
+    again = Arch.load(tmp_path / "arch.json")
+    assert again.to_dict() == arch.to_dict()
+    assert arch.info["predicted_ms"] == pytest.approx(lut.predict(arch).total_ms, rel=1e-5)
+    assert arch.info["predicted_ms"] <= cfg.budget_ms
+    for field in ("budget_ms", "strategy", "seed", "lut_sha256", "min_latency_ms"):
+        assert field in arch.info
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + cfg.epochs and "e_lat_ms" in history[0] and "p[" in history[0]
+
+
+def test_tight_budget_is_kept_by_repair(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    probe = run_search(_cfg("tiny", data_dir, lut), lut, tmp_path / "probe")
+    floor = probe.info["min_latency_ms"]
+    budget = floor * 1.0001
+    arch = run_search(_cfg("tiny", data_dir, lut, budget_ms=budget), lut, tmp_path / "tight")
+    assert lut.predict(arch).total_ms <= budget
+
+
+def test_budget_below_the_fastest_net_is_refused(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    with pytest.raises(HwnasError, match="below the fastest network"):
+        run_search(_cfg("tiny", data_dir, lut, budget_ms=1e-6), lut, tmp_path)
+    assert not (tmp_path / "arch.json").exists()
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_same_seed_same_arch_json(strategy: str, data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    cfg = _cfg("tiny", data_dir, lut, strategy=strategy, epochs=2, seed=3)
+    run_search(cfg, lut, tmp_path / "a")
+    run_search(cfg, lut, tmp_path / "b")
+    assert (tmp_path / "a" / "arch.json").read_bytes() == (tmp_path / "b" / "arch.json").read_bytes()
+
+
+def test_resume_gives_the_uninterrupted_result(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny_darts"]
+    cfg = _cfg("tiny_darts", data_dir, lut, strategy="binary", epochs=3, seed=1)
+    run_search(cfg, lut, tmp_path / "whole")
+
+    def stop_after_two(st: dict) -> None:
+        if st["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, lut, tmp_path / "cut", stop_after_two)
+    assert not (tmp_path / "cut" / "arch.json").exists()
+    run_search(cfg, lut, tmp_path / "cut", resume=True)
+    assert (tmp_path / "cut" / "arch.json").read_bytes() == (tmp_path / "whole" / "arch.json").read_bytes()
+
+
+def test_corrupt_checkpoint_on_resume(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(HwnasError, match="not a readable hwnas checkpoint"):
+        run_search(_cfg("tiny", data_dir, lut), lut, tmp_path, resume=True)
+
+
+def test_nan_loss_stops_with_the_step(data_dir: Path, luts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import hwnas.search as search
+
+    calls = {"n": 0}
+    real = search.F.cross_entropy
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(search.F, "cross_entropy", poisoned)
+    with pytest.raises(HwnasError, match=r"loss became nan at epoch 1, step 2"):
+        run_search(_cfg("tiny", data_dir, luts["tiny"]), luts["tiny"], tmp_path)
+    del torch
+
+
+runner = CliRunner()
+
+
+def test_cli_search(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    args = ["search", "--space", "tiny", "--lut", str(lut.path), "--latency-budget", "1 s", "--epochs", "1",
+            "--limit", "16", "--batch-size", "8", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "predicted" in res.output and "priced at the deployment input" in res.output
+    doc = json.loads((tmp_path / "run" / "arch.json").read_text())
+    assert doc["info"]["budget_ms"] == 1000.0
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--force" in res.output
+
+
+@pytest.mark.parametrize("budget", ["-5ms", "0", "fast"])
+def test_cli_bad_budgets(budget: str, luts, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["search", "--space", "tiny", "--lut", str(luts["tiny"].path), "--latency-budget", budget])
+    assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output
+
+
+def test_cli_unknown_strategy_and_loss(luts, tmp_path: Path) -> None:
+    base = ["search", "--lut", str(luts["tiny"].path), "--latency-budget", "1ms"]
+    assert runner.invoke(app, [*base, "--strategy", "random"]).exit_code == 2
+    assert runner.invoke(app, [*base, "--loss", "l2"]).exit_code == 2
+
+
+def test_missing_data_dir(luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    with pytest.raises(HwnasError):
+        run_search(_cfg("tiny", tmp_path / "nope", lut), lut, tmp_path / "run")

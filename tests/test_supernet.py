@@ -1,0 +1,141 @@
+"""Supernets on every kind of space with every strategy: forward, gradients, latency, derivation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fast_settings
+
+from hwnas.lut import LUT
+from hwnas.profiling.profile import profile
+from hwnas.space import load_space
+from hwnas.strategies import STRATEGIES, Binary, make_strategy
+from hwnas.supernet import MixedOp, Supernet
+
+SPACES = ["tiny", "tiny_darts"]
+
+
+@pytest.fixture(scope="module")
+def luts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LUT]:
+    out = {}
+    for name in SPACES:
+        path = tmp_path_factory.mktemp("lut") / f"{name}.csv"
+        out[name] = profile(load_space(name), fast_settings(), path)
+    return out
+
+
+def _variants() -> list[tuple[str, str, bool]]:
+    return [
+        (sp, st, hard) for sp in SPACES for st in STRATEGIES for hard in ([False, True] if st == "gumbel" else [False])
+    ]
+
+
+@pytest.mark.parametrize(("space", "strategy", "hard"), _variants())
+@pytest.mark.parametrize("phase", ["weights", "arch"])
+def test_forward_and_latency_gradient_reach_every_arch_parameter(
+    space: str, strategy: str, hard: bool, phase: str, luts: dict[str, LUT]
+) -> None:
+    sp = load_space(space)
+    st = make_strategy(strategy, hard=hard)
+    st.phase = phase
+    net = Supernet(sp, st, luts[space])
+    y = net(torch.randn(2, *sp.input_shape))
+    assert tuple(y.shape) == (2, sp.num_classes)
+    e = net.expected_latency_ms()
+    e.backward()
+    for a in net.arch_parameters():
+        assert a.grad is not None and torch.isfinite(a.grad).all()
+        assert (a.grad.abs() > 0).any(), "the latency term must reach every architecture parameter"
+    if space == "tiny":  # every row of a block space has a gradient (DARTS rows: none has no latency)
+        for a in net.arch_parameters():
+            assert (a.grad.abs() > 0).sum() >= a.numel() - 1
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_arch_and_weight_parameters_are_disjoint_real_parameters(space: str, luts: dict[str, LUT]) -> None:
+    net = Supernet(load_space(space), make_strategy("softmax"), luts[space])
+    arch = {id(p) for p in net.arch_parameters()}
+    weights = {id(p) for p in net.weight_parameters()}
+    assert arch and weights and not arch & weights
+    assert arch | weights == {id(p) for p in net.parameters()}
+    assert any(k.startswith("alphas.") for k in net.state_dict())  # saved with the model
+
+
+def test_expected_latency_equals_prediction_of_a_peaked_block_arch(luts: dict[str, LUT]) -> None:
+    sp = load_space("tiny")
+    net = Supernet(sp, make_strategy("softmax"), luts["tiny"])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for a in net.alphas:
+            a.copy_(torch.zeros_like(a).index_fill_(0, torch.randint(len(a), (1,), generator=g), 60.0))
+    assert float(net.expected_latency_ms().detach()) == pytest.approx(
+        luts["tiny"].predict(net.derive()).total_ms, rel=1e-5
+    )
+
+
+def test_darts_expectation_estimates_the_derived_cell(luts: dict[str, LUT]) -> None:
+    sp = load_space("tiny_darts")
+    net = Supernet(sp, make_strategy("softmax"), luts["tiny_darts"])
+    none = sp.cell_ops.index("none")
+    with torch.no_grad():
+        for a in net.alphas:
+            a.fill_(0.0)
+            a[:, none] = 60.0  # every edge absent ...
+        for c in range(2):
+            for j, (s0, s1) in enumerate([(0, 1), (1, 2)]):
+                base = sum(2 + i for i in range(j))
+                for src in (s0, s1):  # ... but two per node, each with a clear op
+                    row = net.alphas[c][base + src]
+                    row[none] = -60.0
+                    row[sp.cell_ops.index("sep_conv_3x3")] = 60.0
+    derived = net.derive()
+    assert all(op == "sep_conv_3x3" for op, _ in derived.body["genotype"]["normal"])
+    assert float(net.expected_latency_ms().detach()) == pytest.approx(
+        luts["tiny_darts"].predict(derived).total_ms, rel=1e-4
+    )
+
+
+def test_binary_runs_one_path_in_the_weight_step_and_two_in_the_arch_step(luts: dict[str, LUT]) -> None:
+    sp = load_space("tiny")
+    st = make_strategy("binary")
+    net = Supernet(sp, st, luts["tiny"])
+    calls: list[int] = []
+    for m in net.nodes:
+        if isinstance(m, MixedOp):
+            for op in m.ops:
+                op.register_forward_hook(lambda *a: calls.append(1))
+    n_mixed = sum(isinstance(m, MixedOp) for m in net.nodes)
+    st.phase = "weights"
+    net(torch.randn(1, *sp.input_shape))
+    assert len(calls) == n_mixed
+    calls.clear()
+    st.phase = "arch"
+    net(torch.randn(1, *sp.input_shape))
+    assert len(calls) == 2 * n_mixed
+
+
+def test_binary_rescale_keeps_other_probabilities() -> None:
+    alpha = torch.tensor([0.3, -1.0, 2.0, 0.5])
+    old = alpha.clone()
+    alpha[[0, 2]] += torch.tensor([0.7, -0.4])  # an optimiser step on the two sampled paths
+    Binary.rescale(alpha, old, (0, 2))
+    p_old, p_new = torch.softmax(old, 0), torch.softmax(alpha, 0)
+    assert torch.allclose(p_old[[1, 3]], p_new[[1, 3]], atol=1e-6)
+    assert not torch.allclose(p_old[[0, 2]], p_new[[0, 2]])
+
+
+def test_unknown_strategy() -> None:
+    from hwnas.errors import UsageError
+
+    with pytest.raises(UsageError, match="expected one of softmax, binary, gumbel"):
+        make_strategy("random")
+
+
+def test_lut_without_the_supernets_keys(luts: dict[str, LUT], tmp_path: Path) -> None:
+    from hwnas.lut import LutError
+
+    sp = load_space("tiny").with_params(in_channels=1, num_classes=10)
+    with pytest.raises(LutError, match="--in-channels 1 --num-classes 10"):
+        Supernet(sp, make_strategy("softmax"), luts["tiny"])
