@@ -538,7 +538,7 @@ def search(
     i = arch.info
     out.print(
         f"wrote {run / 'arch.json'}: predicted {i['predicted_ms']:.3f} ms <= budget {budget:.3f} ms on {table.describe()} "
-        f"(fastest possible {i['min_latency_ms']:.3f} ms; {i['repair_swaps']} repair swap(s))\n"
+        f"(fastest possible {i['min_latency_ms']:.3f} ms; derived {i['derived_ms']:.3f} ms, {i['budget_swaps']} swap(s) to fit the budget)\n"
         f"accuracy was learned at the data set's {i['trained_at_px']} px; latency is priced at the deployment input "
         f"{arch.input[1]} px. History: {run / 'history.csv'}"
     )

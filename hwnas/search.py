@@ -4,8 +4,9 @@ Weights train on one half of the training set, architecture logits on the other 
 first-order alternation). The architecture loss adds the expected latency of the derived network
 (:meth:`hwnas.supernet.Supernet.expected_latency_ms`, priced at the deployment input shape) in the
 selected form (:mod:`hwnas.objectives`); ``lam`` adapts by dual ascent on ``E[lat]/budget - 1``.
-After derivation a repair step swaps the choices that lose the least architecture probability per
-millisecond saved until the predicted latency is within the budget, so the budget is kept.
+After derivation, :func:`fit_to_budget` swaps the choices that lose the least architecture
+probability per millisecond until the predicted latency is within ``[0.9, 1] x budget``: the
+budget is kept, and not left unused.
 
 Files in the run directory (all written atomically): ``arch.json`` (the result), ``history.csv``
 (one row per epoch: loss, accuracy, E[lat], lam, tau and every choice's probability),
@@ -34,7 +35,7 @@ from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.space import Choice, Space, load_space
 from hwnas.strategies import Binary, make_strategy
-from hwnas.supernet import MixedOp, Supernet
+from hwnas.supernet import MixedOp, Supernet, _edge_index, _edge_of, fastest_choices, structure
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -48,6 +49,7 @@ class SearchConfig:
     hard: bool = False  # gumbel: GDAS's straight-through hard sample
     loss: str = "hinge"  # add | mul-log | hinge (lam and its dual ascent act on add and hinge)
     budget_ms: float = 5.0
+    budget_floor: float = 0.9  # derive within [floor * budget, budget]; 0: only <= budget
     epochs: int = 3
     batch_size: int = 32
     lr: float = 0.05  # weights: SGD, momentum 0.9, cosine schedule
@@ -81,34 +83,10 @@ def spaces_for(cfg: SearchConfig, in_channels: int, num_classes: int, image_size
 
 
 def min_latency_arch(net: Supernet, lut: LUT) -> Arch:
-    """The fastest network of the space on ``lut`` (the repair's floor)."""
-    sp = net.price_space
-    if sp.kind == "blocks":
-        picks, k = [], 0
-        for slot in sp.slots():
-            if len(slot.choices) == 1:
-                picks.append(slot.choices[0])
-                continue
-            lat = _row_costs(net)[k]
-            picks.append(net._choices[k][int(np.argmin(lat))])
-            k += 1
-        return sp.blocks_arch(picks)
-    costs = _row_costs(net)
-    ops = sp.cell_ops
-    keep = [i for i, o in enumerate(ops) if o != "none"]
-    n_edges = len(net.rows) // 2
-    geno: dict[str, list[list[object]]] = {}
-    for c, cell in enumerate(("normal", "reduce")):
-        edges: list[list[object]] = []
-        base = 0
-        for j in range(int(sp.raw["nodes"])):
-            best = sorted((min(costs[c * n_edges + base + s][i] for i in keep), s) for s in range(2 + j))[:2]
-            for _, s in sorted(best, key=lambda t: t[1]):
-                row = costs[c * n_edges + base + s]
-                edges.append([ops[min(keep, key=lambda i: row[i])], s])
-            base += 2 + j
-        geno[cell] = edges
-    return sp.cells_arch(geno)
+    """The fastest network of the space on ``lut`` (the floor of any budget)."""
+    st = structure(net.price_space)
+    state = fastest_choices(net.price_space, st, _row_costs(net))
+    return _arch_of(net, net.derive(), state)
 
 
 def _row_costs(net: Supernet) -> list[list[float]]:
@@ -122,57 +100,96 @@ def _row_costs(net: Supernet) -> list[list[float]]:
     return out
 
 
-def repair(net: Supernet, arch: Arch, lut: LUT, budget_ms: float) -> tuple[Arch, int]:
-    """Swap choices of ``arch`` for cheaper ones until ``lut`` predicts <= budget; each swap is the
-    one that gives up the least log-probability per ms saved. Returns (arch, swaps made)."""
-    sp = net.price_space
-    swaps = 0
+def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: float = 0.9) -> tuple[Arch, int]:
+    """Bring ``arch`` into ``[floor * budget, budget]`` as ``lut`` predicts it, one choice at a time.
+
+    Over budget (repair): each swap is to a cheaper choice, the one giving up the least
+    log-probability per ms saved, until the prediction is <= budget; the budget is a promise.
+    Under ``floor * budget``: each swap is to a dearer choice that keeps the network within the
+    budget, the one giving up the least log-probability per ms gained: latency the target can
+    afford is spent where the search was least sure. ``floor = 0`` skips that. Returns the arch and
+    the number of swaps. Latencies move by the LUT's per-choice costs (the prediction is additive),
+    and the result is checked against :meth:`LUT.predict`.
+    """
+    costs = _row_costs(net)
     with torch.no_grad():
         logp = [torch.log_softmax(net.row(k), -1).tolist() for k in range(len(net.rows))]
-    while lut.predict(arch).total_ms > budget_ms:
-        now = lut.predict(arch).total_ms
-        best: tuple[float, Arch] | None = None
-        for cand, dlogp in _neighbours(net, arch, sp, logp):
-            saved = now - lut.predict(cand).total_ms
-            if saved > 1e-12:
-                score = dlogp / saved
-                if best is None or score < best[0]:
-                    best = (score, cand)
-        if best is None:
+    state = _state_of(net, arch)  # [(row, choice index)] of the arch's decisions
+    allowed = [[i for i, c in enumerate(net.rows[r].choices) if c != "none"] for r, _ in state]
+    scale = lut.scale
+    now = lut.predict(arch).total_ms
+    swaps = 0
+
+    def best(now: float, lo: float, hi: float) -> tuple[int, int, float] | None:
+        """The swap landing in (lo, hi) (open at lo, closed at hi) at the least log-prob per ms."""
+        pick: tuple[float, int, int, float] | None = None
+        for n, (r, cur) in enumerate(state):
+            for i in allowed[n]:
+                if i == cur:
+                    continue
+                ms = now + scale * (costs[r][i] - costs[r][cur])
+                if lo < ms <= hi and abs(ms - now) > 1e-12:
+                    score = (logp[r][cur] - logp[r][i]) / abs(ms - now)
+                    if pick is None or score < pick[0]:
+                        pick = (score, n, i, ms)
+        return None if pick is None else pick[1:]
+
+    while now > budget_ms:
+        move = best(now, -math.inf, now - 1e-12)
+        if move is None:
             raise HwnasError(
                 f"cannot bring the network under {budget_ms:.4g} ms by swapping choices (now {now:.4g} ms)"
             )
-        arch, swaps = best[1], swaps + 1
-    return arch, swaps
+        n, i, now = move
+        state[n] = (state[n][0], i)
+        swaps += 1
+    while now < floor * budget_ms:
+        move = best(now, now, budget_ms)
+        if move is None:
+            break
+        n, i, now = move
+        state[n] = (state[n][0], i)
+        swaps += 1
+    fitted = _arch_of(net, arch, state)
+    check = lut.predict(fitted).total_ms
+    if not math.isclose(check, now, rel_tol=1e-6, abs_tol=1e-9):
+        raise RuntimeError(f"budget fitting drifted from the LUT: {now} vs {check}")
+    return fitted, swaps
 
 
-def _neighbours(net: Supernet, arch: Arch, sp: Space, logp: list[list[float]]):
-    """Archs one choice away from ``arch``, with the log-probability each swap gives up."""
+def _state_of(net: Supernet, arch: Arch) -> list[tuple[int, int]]:
+    """The (logits row, choice index) of every decision an arch derived from ``net`` made."""
+    sp = net.price_space
     if sp.kind == "blocks":
         picks = _picks_of(net, arch)
-        k = -1
-        for s, slot in enumerate(sp.slots()):
-            if len(slot.choices) == 1:
-                continue
-            k += 1
-            cur = slot.choices.index(picks[s])
-            for i, c in enumerate(slot.choices):
-                if i != cur:
-                    new = [*picks[:s], c, *picks[s + 1 :]]
-                    yield sp.blocks_arch(new), logp[k][cur] - logp[k][i]
-        return
+        rows = [s for s in sp.slots() if len(s.choices) > 1]
+        multi = [p for s, p in zip(sp.slots(), picks, strict=True) if len(s.choices) > 1]
+        return [(k, slot.choices.index(p)) for k, (slot, p) in enumerate(zip(rows, multi, strict=True))]
     ops = sp.cell_ops
-    geno = arch.body["genotype"]
     n_edges = len(net.rows) // 2
+    state = []
     for c, cell in enumerate(("normal", "reduce")):
-        for e, (op, src) in enumerate(geno[cell]):
-            j = e // 2
-            row = c * n_edges + sum(2 + i for i in range(j)) + src
-            for o in ops:
-                if o not in ("none", op):
-                    g = {k: [list(x) for x in v] for k, v in geno.items()}
-                    g[cell][e][0] = o
-                    yield sp.cells_arch(g), logp[row][ops.index(op)] - logp[row][ops.index(o)]
+        for e, (op, src) in enumerate(arch.body["genotype"][cell]):
+            state.append((c * n_edges + _edge_index(e // 2, src), ops.index(op)))
+    return state
+
+
+def _arch_of(net: Supernet, arch: Arch, state: list[tuple[int, int]]) -> Arch:
+    """``arch`` with the decisions of ``state`` (same rows, possibly other choices)."""
+    sp = net.price_space
+    if sp.kind == "blocks":
+        it = iter(state)
+        picks = [s.choices[0] if len(s.choices) == 1 else s.choices[next(it)[1]] for s in sp.slots()]
+        return sp.blocks_arch(picks, arch.info)
+    ops = sp.cell_ops
+    n_edges = len(net.rows) // 2
+    nodes = int(sp.raw["nodes"])
+    geno: dict[str, list[list[object]]] = {"normal": [], "reduce": []}
+    for row, i in state:  # rows in node order, two per node, as _state_of and fastest_choices give them
+        cell = "normal" if row < n_edges else "reduce"
+        _, src = _edge_of(row % n_edges, nodes)
+        geno[cell].append([ops[i], src])
+    return sp.cells_arch(geno, arch.info)
 
 
 def _picks_of(net: Supernet, arch: Arch) -> list[Choice]:
@@ -297,12 +314,12 @@ def run_search(
         if progress:
             progress({"epoch": epoch + 1, "epochs": cfg.epochs, **stats})
     derived = net.derive()
-    arch, swaps = repair(net, derived, lut, cfg.budget_ms)
+    arch, swaps = fit_to_budget(net, derived, lut, cfg.budget_ms, cfg.budget_floor)
     pred = lut.predict(arch).total_ms
     arch = arch.with_info(
         predicted_ms=pred, budget_ms=cfg.budget_ms, strategy=cfg.strategy, hard=cfg.hard, loss=cfg.loss,
         seed=cfg.seed, epochs=cfg.epochs, dataset=info.name, trained_at_px=info.image_size,
-        lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), repair_swaps=swaps,
+        lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), budget_swaps=swaps, derived_ms=lut.predict(derived).total_ms,
         width_mult=deploy.width_mult, min_latency_ms=floor,
     )  # fmt: skip
     atomic_write(out_dir / "arch.json", arch.to_json().encode())

@@ -277,3 +277,42 @@ def _edge_of(k: int, nodes: int) -> tuple[int, int]:
             return j, k
         k -= 2 + j
     raise IndexError(k)
+
+
+def row_costs(st: Structure, latency: dict[str, float]) -> list[list[float]]:
+    """Latency (ms, before a LUT's scale) of each choice of each logits row, summed over every
+    place the row is used (DARTS rows are shared by all cells of a type)."""
+    out = [[0.0] * len(r.choices) for r in st.rows]
+    for calls, key in st.mixed.values():
+        for i, c in enumerate(calls):
+            out[key][i] += latency[c.key] if c.priced else 0.0
+    return out
+
+
+def fastest_choices(space: Space, st: Structure, costs: list[list[float]]) -> list[tuple[int, int]]:
+    """The (logits row, choice) decisions of the fastest derived network of the space.
+
+    Blocks: the cheapest choice of every row. DARTS: per node the two inputs whose cheapest
+    non-``none`` op is cheapest, each with that op.
+    """
+    if space.kind == "blocks":
+        return [(k, min(range(len(c)), key=c.__getitem__)) for k, c in enumerate(costs)]
+    ops = space.cell_ops
+    keep = [i for i, o in enumerate(ops) if o != "none"]
+    n_edges = len(st.rows) // 2
+    out = []
+    for c in range(2):
+        for j in range(int(space.raw["nodes"])):
+            rows = [c * n_edges + _edge_index(j, src) for src in range(2 + j)]
+            cheapest = sorted(rows, key=lambda r: min(costs[r][i] for i in keep))[:2]
+            out += [(r, min(keep, key=lambda i, r=r: costs[r][i])) for r in sorted(cheapest)]
+    return out
+
+
+def fastest_sum(space: Space, latency: dict[str, float]) -> float:
+    """Sum of block latencies (ms, before a LUT's scale) of the space's fastest derived network."""
+    st = structure(space)
+    costs = row_costs(st, latency)
+    return sum(latency[c.key] for c in st.fixed if c.priced) + sum(
+        costs[r][i] for r, i in fastest_choices(space, st, costs)
+    )

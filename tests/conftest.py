@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from hwnas.lut import LUT
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.profiling.runner import TimingSettings
 from hwnas.space import load_space
+
+# One intra-op thread: tests are behaviour, not speed, and two processes each spinning two OpenMP
+# threads on a 2-core machine slow each other down tenfold.
+torch.set_num_threads(1)
 
 # Real timing, but short: tests check behaviour, benchmarks in bench/ check figures.
 FAST = TimingSettings(warmup_ms=1.0, min_warmup_runs=1, target_ms=1.0, min_runs=3, max_runs=50, profile_runs=3)

@@ -43,7 +43,7 @@ def luts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LUT]:
 def _cfg(space: str, data_dir: Path, lut: LUT, **kw) -> SearchConfig:
     base = SearchConfig(
         space=space, epochs=1, batch_size=8, limit=32, data_dir=str(data_dir), input_size=int(lut.meta["input_size"]),
-        budget_ms=1e3,
+        budget_ms=1e3, budget_floor=0.0,
     )  # fmt: skip
     return replace(base, **kw)
 
@@ -72,6 +72,29 @@ def test_tight_budget_is_kept_by_repair(data_dir: Path, luts, tmp_path: Path) ->
     budget = floor * 1.0001
     arch = run_search(_cfg("tiny", data_dir, lut, budget_ms=budget), lut, tmp_path / "tight")
     assert lut.predict(arch).total_ms <= budget
+
+
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_derived_arch_uses_the_budget(space: str, data_dir: Path, luts, tmp_path: Path) -> None:
+    from hwnas.search import _row_costs, _state_of
+    from hwnas.strategies import make_strategy
+    from hwnas.supernet import Supernet
+
+    lut = luts[space]
+    largest = run_search(_cfg(space, data_dir, lut, budget_ms=1e6, budget_floor=0.9), lut, tmp_path / "big")
+    lo, hi = largest.info["min_latency_ms"], lut.predict(largest).total_ms
+    budget = (lo + hi) / 2
+    arch = run_search(_cfg(space, data_dir, lut, budget_ms=budget, budget_floor=0.9), lut, tmp_path / "mid")
+    ms = lut.predict(arch).total_ms
+    assert ms <= budget
+    if ms < 0.9 * budget:  # allowed only when no single swap lands in (ms, budget]
+        sp = load_space(space).with_params(in_channels=1, num_classes=10)
+        net = Supernet(sp, make_strategy("softmax"), lut)
+        costs, state = _row_costs(net), _state_of(net, arch)
+        for r, cur in state:
+            for i, c in enumerate(net.rows[r].choices):
+                if c != "none":
+                    assert not (ms < ms + lut.scale * (costs[r][i] - costs[r][cur]) <= budget)
 
 
 def test_budget_below_the_fastest_net_is_refused(data_dir: Path, luts, tmp_path: Path) -> None:

@@ -229,7 +229,10 @@ def assemble(
     lat = {r["key"]: r["latency_ms"] for r in table}
     xs = np.array([sum(lat[c.key] for c in a.plan.priced_calls()) for a in work.nets.values()])
     ys = np.array([med[n] for n in work.nets])
-    scale, overhead = fit_model(xs, ys)
+    from hwnas.supernet import fastest_sum
+
+    space = _space_from_meta(space_meta, work)
+    scale, overhead = fit_model(xs, ys, fastest_sum(space, lat) if space is not None else None)
     pred = scale * xs + overhead
     nets = [
         {"name": n.removeprefix("net:"), "measured_ms": float(y), "sum_ms": float(x), "predicted_ms": float(p),
@@ -253,19 +256,37 @@ def assemble(
     return LUT.from_rows(table, meta)
 
 
-def fit_model(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``y = scale * x + overhead``; falls back to scale 1 when that is ill-posed."""
-    if len(xs) >= 3 and np.ptp(xs) > 1e-9:
-        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
-        # a usable model keeps every calibration network's prediction positive
-        if 0.5 < scale < 2.0 and scale * xs.min() + overhead > 0:
-            return float(scale), float(overhead)
+def fit_model(xs: np.ndarray, ys: np.ndarray, x_floor: float | None = None) -> tuple[float, float]:
+    """Least-squares ``y = scale * x + overhead`` over the calibration networks.
+
+    ``x_floor`` is the block sum of the space's fastest network: a negative overhead may not take
+    more than half of its predicted time (a fit on mid-sized networks must not predict the
+    smallest at or below zero); otherwise the fit goes through the origin (overhead 0).
+    """
     if len(xs) == 0:
         return 1.0, 0.0
-    overhead = float(np.median(ys - xs))
-    if xs.min() + overhead > 0:
-        return 1.0, overhead
-    return float(np.median(ys / np.maximum(xs, 1e-9))), 0.0
+    lo = float(xs.min()) if x_floor is None else min(float(xs.min()), x_floor)
+    if len(xs) >= 3 and np.ptp(xs) > 1e-9:
+        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
+        if 0.5 < scale < 2.0 and overhead >= -0.5 * scale * lo:
+            return float(scale), float(overhead)
+    scale = float(np.dot(xs, ys) / max(float(np.dot(xs, xs)), 1e-18))
+    return (scale, 0.0) if scale > 0 else (1.0, 0.0)
+
+
+def _space_from_meta(space_meta: dict[str, Any], work: Work) -> Space | None:
+    """The profiled space, reloaded from the LUT metadata (None if its file is not at hand)."""
+    from hwnas.space import load_space
+
+    try:
+        sp = load_space(
+            space_meta.get("space_source") or space_meta["space"],
+            int(space_meta["input_size"]),
+            float(space_meta["width_mult"]),
+        )
+        return sp.with_params(in_channels=space_meta.get("in_channels"), num_classes=space_meta.get("num_classes"))
+    except HwnasError:
+        return None
 
 
 def space_meta(space: Space) -> dict[str, Any]:
