@@ -6,6 +6,7 @@ import enum
 import functools
 import json
 import random
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -466,13 +467,20 @@ def search(
     ],
     latency_budget: Annotated[
         str,
-        typer.Option("--latency-budget", "-b", help="Budget: 20ms, '20 ms', 0.02s, 20000us; a bare number means ms."),
+        typer.Option(
+            "--latency-budget",
+            "-b",
+            help="Budget: 20ms, '20 ms', 0.02s, 20000us; a bare number means ms; p50 = the median latency of random networks of the space on this LUT.",
+        ),
     ],
     space: SpaceOpt = "proxyless",
     strategy: Annotated[
         StrategyName, typer.Option(help="softmax (DARTS), binary (ProxylessNAS) or gumbel (FBNet; --hard: GDAS).")
     ] = StrategyName.binary,
     hard: Annotated[bool, typer.Option("--hard", help="gumbel: straight-through hard samples (GDAS).")] = False,
+    unrolled: Annotated[
+        bool, typer.Option("--unrolled", help="Second-order architecture gradient (DARTS; ~7x slower steps).")
+    ] = False,
     loss: Annotated[
         LossName,
         typer.Option(help="Latency term: hinge (lam adapts by dual ascent), add, or mul-log (FBNet/ProxylessNAS)."),
@@ -507,15 +515,20 @@ def search(
     from hwnas.lut import LUT
     from hwnas.search import SearchConfig, run_search
 
-    budget = parse_budget_ms(latency_budget)
+    pct = re.fullmatch(r"\s*[pP](\d+(?:\.\d+)?)\s*", latency_budget)
+    budget = 0.0 if pct else parse_budget_ms(latency_budget)
+    if pct and not 0 < float(pct.group(1)) < 100:
+        raise UsageError(f"--latency-budget {latency_budget.strip()}: a percentile budget is p1 to p99")
     table = LUT.load(lut)
-    run = out_dir or Path("runs") / f"{Path(space).stem}-{strategy.value}-{format_ms(budget).replace(' ', '')}"
+    tag = f"p{pct.group(1)}" if pct else format_ms(budget).replace(" ", "")
+    run = out_dir or Path("runs") / f"{Path(space).stem}-{strategy.value}-{tag}"
     if (run / "arch.json").exists() and not (force or resume):
         raise UsageError(
             f"{run / 'arch.json'} exists; pass --force to overwrite, --resume to continue, or another --out"
         )
     cfg = SearchConfig(
-        space=space, strategy=strategy.value, hard=hard, loss=loss.value, budget_ms=budget, epochs=epochs,
+        space=space, strategy=strategy.value, hard=hard, unrolled=unrolled, loss=loss.value, budget_ms=budget,
+        budget_pct=float(pct.group(1)) if pct else None, epochs=epochs,
         batch_size=batch_size, lr=lr, arch_lr=arch_lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),
         width_mult=width_mult, seed=seed,
@@ -537,7 +550,7 @@ def search(
         arch = run_search(cfg, table, run, update, resume=resume)
     i = arch.info
     out.print(
-        f"wrote {run / 'arch.json'}: predicted {i['predicted_ms']:.3f} ms <= budget {budget:.3f} ms on {table.describe()} "
+        f"wrote {run / 'arch.json'}: predicted {i['predicted_ms']:.3f} ms <= budget {i['budget_ms']:.3f} ms on {table.describe()} "
         f"(fastest possible {i['min_latency_ms']:.3f} ms; derived {i['derived_ms']:.3f} ms, {i['budget_swaps']} swap(s) to fit the budget)\n"
         f"accuracy was learned at the data set's {i['trained_at_px']} px; latency is priced at the deployment input "
         f"{arch.input[1]} px. History: {run / 'history.csv'}"

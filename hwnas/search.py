@@ -1,7 +1,8 @@
 """The bilevel hardware-aware search: what ``hwnas search`` runs.
 
-Weights train on one half of the training set, architecture logits on the other (DARTS's
-first-order alternation). The architecture loss adds the expected latency of the derived network
+Weights train on one half of the training set, architecture logits on the other, alternating
+(DARTS); the architecture gradient is first-order, or second-order with ``unrolled``
+(:mod:`hwnas.unrolled`). The architecture loss adds the expected latency of the derived network
 (:meth:`hwnas.supernet.Supernet.expected_latency_ms`, priced at the deployment input shape) in the
 selected form (:mod:`hwnas.objectives`); ``lam`` adapts by dual ascent on ``E[lat]/budget - 1``.
 After derivation, :func:`fit_to_budget` swaps the choices that lose the least architecture
@@ -21,7 +22,7 @@ import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from hwnas.objectives import DualLambda, get_objective
 from hwnas.space import Choice, Space, load_space
 from hwnas.strategies import Binary, make_strategy
 from hwnas.supernet import MixedOp, Supernet, _edge_index, _edge_of, fastest_choices, structure
+from hwnas.unrolled import unrolled_arch_grad
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -47,8 +49,12 @@ class SearchConfig:
     space: str = "proxyless"
     strategy: str = "binary"  # softmax | binary | gumbel
     hard: bool = False  # gumbel: GDAS's straight-through hard sample
+    unrolled: bool = False  # second-order architecture gradient (DARTS eq. 7-8; about 7x the first-order step)
     loss: str = "hinge"  # add | mul-log | hinge (lam and its dual ascent act on add and hinge)
     budget_ms: float = 5.0
+    budget_pct: float | None = (
+        None  # if set, the budget is this percentile of random nets' latency (overrides budget_ms)
+    )
     budget_floor: float = 0.9  # derive within [floor * budget, budget]; 0: only <= budget
     epochs: int = 3
     batch_size: int = 32
@@ -80,6 +86,14 @@ def spaces_for(cfg: SearchConfig, in_channels: int, num_classes: int, image_size
         in_channels=in_channels, num_classes=num_classes
     )
     return deploy, deploy.with_params(input_size=image_size)
+
+
+def latency_percentile(space: Space, lut: LUT, pct: float, n: int = 500, seed: int = 0) -> float:
+    """The ``pct``-th percentile (0-100) of the predicted latency (ms) of ``n`` random networks."""
+    if not 0 < pct < 100:
+        raise HwnasError(f"a percentile budget must be between p0 and p100, got p{pct:g}")
+    rng = random.Random(seed)
+    return float(np.percentile([lut.predict(space.sample(rng)).total_ms for _ in range(n)], pct))
 
 
 def min_latency_arch(net: Supernet, lut: LUT) -> Arch:
@@ -243,6 +257,8 @@ def run_search(
             f"{lut.path} was measured at input size {lut.meta['input_size']}, the search prices at "
             f"{deploy.input_size}; pass --input-size {lut.meta['input_size']} or profile that size"
         )
+    if cfg.budget_pct is not None:
+        cfg = replace(cfg, budget_ms=latency_percentile(deploy, lut, cfg.budget_pct))
     strategy = make_strategy(cfg.strategy, hard=cfg.hard)
     net = Supernet(train_sp, strategy, lut, price_space=deploy)
     floor = lut.predict(min_latency_arch(net, lut)).total_ms
@@ -272,21 +288,20 @@ def run_search(
         net.train()
         tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
         for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
-            strategy.phase = "weights"
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            _check_finite(loss, epoch, step, ckpt_path)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(net.weight_parameters()), 5.0)
-            w_opt.step()
+            # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
             strategy.phase = "arch"
-            ce = F.cross_entropy(net(xa), ya)
-            e_lat = net.expected_latency_ms()
-            a_loss = objective(ce, e_lat, cfg.budget_ms, dual.value)
-            _check_finite(a_loss, epoch, step, ckpt_path)
-            a_opt.zero_grad(set_to_none=True)
-            a_loss.backward()
+
+            def arch_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+                return objective(F.cross_entropy(logits, target), net.expected_latency_ms(), cfg.budget_ms, dual.value)
+
+            if cfg.unrolled:
+                a_loss = unrolled_arch_grad(net, (x, y), (xa, ya), w_opt, arch_loss)
+                _check_finite(a_loss, epoch, step, ckpt_path)
+            else:
+                a_loss = arch_loss(net(xa), ya)
+                _check_finite(a_loss, epoch, step, ckpt_path)
+                a_opt.zero_grad(set_to_none=True)
+                a_loss.backward()
             before = [a.detach().clone() for a in net.arch_parameters()]
             a_opt.step()
             if isinstance(strategy, Binary):
@@ -296,11 +311,21 @@ def run_search(
                     Binary.rescale(
                         a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair
                     )
-            dual.step(float(e_lat.detach()), cfg.budget_ms)
+            with torch.no_grad():
+                e_lat = net.expected_latency_ms()
+            dual.step(float(e_lat), cfg.budget_ms)
+            strategy.phase = "weights"
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            _check_finite(loss, epoch, step, ckpt_path)
+            w_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(net.weight_parameters()), 5.0)
+            w_opt.step()
             tot["loss"] += float(loss.detach()) * len(y)
             tot["correct"] += int((logits.argmax(1) == y).sum())
             tot["seen"] += len(y)
-            tot["e_lat_ms"] += float(e_lat.detach())
+            tot["e_lat_ms"] += float(e_lat)
             tot["steps"] += 1
         sched.step()
         stats = {
@@ -317,7 +342,8 @@ def run_search(
     arch, swaps = fit_to_budget(net, derived, lut, cfg.budget_ms, cfg.budget_floor)
     pred = lut.predict(arch).total_ms
     arch = arch.with_info(
-        predicted_ms=pred, budget_ms=cfg.budget_ms, strategy=cfg.strategy, hard=cfg.hard, loss=cfg.loss,
+        predicted_ms=pred, budget_ms=cfg.budget_ms, budget_pct=cfg.budget_pct, strategy=cfg.strategy, hard=cfg.hard,
+        unrolled=cfg.unrolled, loss=cfg.loss,
         seed=cfg.seed, epochs=cfg.epochs, dataset=info.name, trained_at_px=info.image_size,
         lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), budget_swaps=swaps, derived_ms=lut.predict(derived).total_ms,
         width_mult=deploy.width_mult, min_latency_ms=floor,

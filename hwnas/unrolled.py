@@ -18,15 +18,25 @@ with the Hessian-vector product by central finite differences::
 included. The latency term depends on ``α`` only, so it is part of ``∇_α L_val(w', α)`` (once) and
 adds nothing to ``∇_{w'} L_val``, hence nothing to the second term.
 
-Per parameter, ``xi`` is what multiplies ``∇_w L_train`` in the real update: the group's ``lr``
-(``-lr`` with ``maximize``), times ``1 - dampening`` when a momentum buffer exists and dampening is
-set, times ``1 + momentum (1 - dampening)`` with Nesterov. The product is folded into the vector:
-``u = xi ⊙ v``, ``w± = w ± ε u`` with ``ε = 0.01 / ‖u‖`` and the correction is
-``(∇_α L_train(w⁺) - ∇_α L_train(w⁻)) / (2ε)``. With one ``xi`` for every weight (plain SGD with
-momentum and weight decay, as the search uses) this is the formula above to rounding: the
-perturbation is the same ``0.01 v / ‖v‖``. Weights that ``w_opt`` does not hold, or that the train
-loss does not reach (``grad`` None: ``torch.optim.SGD`` skips them, weight decay included), stay
-put in the virtual step and get no perturbation.
+Per parameter, ``xi`` is the coefficient of ``∇_w L_train`` in the real update ``w_opt.step()``:
+the group's ``lr`` (negated with ``maximize``) times ``c``, with ``c = 1`` for plain SGD and for
+momentum without dampening or Nesterov (DARTS's case and the search's: ``xi = lr``); with
+dampening and an existing buffer ``c = 1 - dampening``; with Nesterov ``c = 1 + momentum * c'``,
+``c'`` the previous value. The product is folded into the vector: ``u = xi ⊙ v``, ``w± = w ± ε u``
+with ``ε = FD_RADIUS / ‖u‖`` (``FD_RADIUS = 0.01``) and the correction subtracted is
+``(∇_α L_train(w⁺) - ∇_α L_train(w⁻)) / (2ε)``. With one ``xi`` for every weight this is the
+formula above up to rounding (the points are the same ``w ± 0.01 v / ‖v‖``). Weights that ``w_opt``
+does not hold, or that the train loss does not reach (``grad`` None: ``torch.optim.SGD`` skips
+them, weight decay included), stay put in the virtual step and are not perturbed.
+
+The virtual step takes the raw gradient: gradient clipping that the caller applies before the real
+step is not mirrored (DARTS does not mirror it either).
+
+Accuracy: the supernets are piecewise smooth (ReLU, ReLU6, max-pool), so ``∇_α L_train`` jumps
+where an activation crosses a kink; the finite difference over ``±0.01 u/‖u‖`` crosses many, and on
+tiny networks with small batches its error can be as large as the second-order term itself (see
+``tests/test_unrolled.py``; that is DARTS's approximation, not rounding). ``FD_RADIUS`` is a module
+constant so that it can be studied.
 """
 
 from __future__ import annotations
@@ -81,7 +91,8 @@ def unrolled_arch_grad(
     noise at ``w``, ``w⁺`` and ``w⁻``); the validation pass at ``w'`` starts from the state the
     train forward left (a second, independent sample). So the result is the exact second-order
     gradient (up to finite differences) of the sequence "train forward, then validation forward"
-    drawn from the entry state.
+    drawn from the entry state. With ``binary`` the virtual train step therefore runs the
+    two-path architecture forward, not the one-path weight forward: ``∇_α L_train`` must exist.
     """
     strategy = net.strategy
     arch = list(net.arch_parameters())

@@ -65,6 +65,21 @@ def test_every_strategy_searches_both_kinds(space: str, strategy: str, data_dir:
     assert len(history) == 1 + cfg.epochs and "e_lat_ms" in history[0] and "p[" in history[0]
 
 
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_unrolled_search_runs_and_differs_from_first_order(space: str, data_dir: Path, luts, tmp_path: Path) -> None:  # noqa: ANN001
+    import torch
+
+    lut = luts[space]
+    cfg = _cfg(space, data_dir, lut, strategy="softmax", epochs=1, seed=2)
+    run_search(cfg, lut, tmp_path / "first")
+    run_search(replace(cfg, unrolled=True), lut, tmp_path / "second")
+    first = torch.load(tmp_path / "first" / "checkpoint.pt", weights_only=True)["model"]
+    second = torch.load(tmp_path / "second" / "checkpoint.pt", weights_only=True)["model"]
+    alphas = [k for k in first if k.startswith("alphas.")]
+    assert alphas and any(not torch.equal(first[k], second[k]) for k in alphas)
+    assert json.loads((tmp_path / "second" / "arch.json").read_text())["info"]["unrolled"] is True
+
+
 def test_tight_budget_is_kept_by_repair(data_dir: Path, luts, tmp_path: Path) -> None:
     lut = luts["tiny"]
     probe = run_search(_cfg("tiny", data_dir, lut), lut, tmp_path / "probe")
@@ -186,3 +201,19 @@ def test_missing_data_dir(luts, tmp_path: Path) -> None:
     lut = luts["tiny"]
     with pytest.raises(HwnasError):
         run_search(_cfg("tiny", tmp_path / "nope", lut), lut, tmp_path / "run")
+
+
+def test_cli_percentile_budget(data_dir: Path, luts, tmp_path: Path) -> None:  # noqa: ANN001
+    from hwnas.search import latency_percentile
+
+    lut = luts["tiny"]
+    args = ["search", "--space", "tiny", "--lut", str(lut.path), "--latency-budget", "p60", "--epochs", "1",
+            "--limit", "16", "--batch-size", "8", "--data-dir", str(data_dir), "--out", str(tmp_path / "run")]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "run" / "arch.json").read_text())["info"]
+    sp = load_space("tiny").with_params(in_channels=1, num_classes=10)
+    assert info["budget_pct"] == 60 and info["budget_ms"] == pytest.approx(latency_percentile(sp, lut, 60))
+    assert info["predicted_ms"] <= info["budget_ms"]
+    bad = runner.invoke(app, [*args[:6], "p100", *args[7:-1], str(tmp_path / "other")])
+    assert bad.exit_code == 2 and "p1 to p99" in bad.output
