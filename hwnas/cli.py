@@ -478,6 +478,12 @@ def search(
         StrategyName, typer.Option(help="softmax (DARTS), binary (ProxylessNAS) or gumbel (FBNet; --hard: GDAS).")
     ] = StrategyName.binary,
     hard: Annotated[bool, typer.Option("--hard", help="gumbel: straight-through hard samples (GDAS).")] = False,
+    budget_floor: Annotated[
+        float,
+        typer.Option(
+            "--budget-floor", min=0.0, max=1.0, help="Derive within [floor x budget, budget]; 0 only keeps <= budget."
+        ),
+    ] = 0.9,
     unrolled: Annotated[
         bool, typer.Option("--unrolled", help="Second-order architecture gradient (DARTS; ~7x slower steps).")
     ] = False,
@@ -528,6 +534,7 @@ def search(
         )
     cfg = SearchConfig(
         space=space, strategy=strategy.value, hard=hard, unrolled=unrolled, loss=loss.value, budget_ms=budget,
+        budget_floor=budget_floor,
         budget_pct=float(pct.group(1)) if pct else None, epochs=epochs,
         batch_size=batch_size, lr=lr, arch_lr=arch_lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),

@@ -27,7 +27,9 @@ class Cost:
 
 def count(arch: Arch) -> Cost:
     """MACs at batch 1 and the parameter count of ``arch`` (random weights; values do not matter)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fvcore's import warns about torch.jit.script's deprecation
+        from fvcore.nn import FlopCountAnalysis
 
     net = arch.build().eval()
     x = torch.zeros(1, *arch.input)

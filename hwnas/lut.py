@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ import pandas as pd
 from hwnas.arch import Arch, Plan
 from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, parse_key
+from hwnas.profiling.runner import atomic_write
 
 SCHEMA = "hwnas.lut/1"
 COLUMNS = (
@@ -59,22 +58,6 @@ class LutError(HwnasError):
 def meta_path(csv_path: str | Path) -> Path:
     p = Path(csv_path)
     return p.with_name(p.name[: -len(".csv")] + ".meta.json" if p.name.endswith(".csv") else p.name + ".meta.json")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` beside ``path``, fsync, rename over it: a kill leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass(frozen=True)

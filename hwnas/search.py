@@ -319,8 +319,7 @@ def run_search(
             loss = F.cross_entropy(logits, y)
             _check_finite(loss, epoch, step, ckpt_path)
             w_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(net.weight_parameters()), 5.0)
+            loss.backward()  # no gradient clipping: clipping at 5 (DARTS's value) stalled learning on Fashion-MNIST
             w_opt.step()
             tot["loss"] += float(loss.detach()) * len(y)
             tot["correct"] += int((logits.argmax(1) == y).sum())

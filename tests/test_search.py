@@ -66,7 +66,7 @@ def test_every_strategy_searches_both_kinds(space: str, strategy: str, data_dir:
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
-def test_unrolled_search_runs_and_differs_from_first_order(space: str, data_dir: Path, luts, tmp_path: Path) -> None:  # noqa: ANN001
+def test_unrolled_search_runs_and_differs_from_first_order(space: str, data_dir: Path, luts, tmp_path: Path) -> None:
     import torch
 
     lut = luts[space]
@@ -203,7 +203,7 @@ def test_missing_data_dir(luts, tmp_path: Path) -> None:
         run_search(_cfg("tiny", tmp_path / "nope", lut), lut, tmp_path / "run")
 
 
-def test_cli_percentile_budget(data_dir: Path, luts, tmp_path: Path) -> None:  # noqa: ANN001
+def test_cli_percentile_budget(data_dir: Path, luts, tmp_path: Path) -> None:
     from hwnas.search import latency_percentile
 
     lut = luts["tiny"]

@@ -6,8 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import write_fake_fashion_mnist
+
 from hwnas.space import load_space
 from hwnas.train import at_resolution, train_arch
 

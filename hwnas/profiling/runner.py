@@ -338,13 +338,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON beside ``path``, fsync, then rename over it: readers see old or new, never half."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` beside ``path``, fsync, rename over it: a kill leaves the old or the new file.
+
+    The one atomic writer of hwnas (here so that the standalone runner has it too).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -352,6 +355,11 @@ def write_json_atomic(path: Path, data: object) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write ``data`` as indented JSON atomically (see :func:`atomic_write`)."""
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def main(argv: list[str] | None = None) -> int:
