@@ -15,13 +15,14 @@ Configurations:
   offers it (``--fixed mbconv_k3_e6`` by default: MobileNetV2's block, whose step is close to the
   mean of the paths the binary weight step samples; the fixed first layer keeps its k3 e1 block);
 * ``binary``, ``softmax``, ``gumbel``, ``gumbel-hard`` — one full search step of
-  :func:`hwnas.search.run_search`'s loop, copied here (keep them in sync): the weight step
-  (``phase = "weights"``: forward, CE, backward, gradient clipping, SGD step) then the architecture
-  step (``phase = "arch"``: forward on another batch, CE + hinge latency term, backward, Adam step
-  on the logits, for binary the rescale of the sampled pairs, the dual-ascent update). The latency
-  term is priced by a synthetic LUT (every key of the space at 1 ms, scale 1, no overhead) so the
-  real expected-latency code runs; the budget is half the initial expected latency, so the hinge is
-  active and its gradient is computed.
+  :func:`hwnas.search.run_search`'s first-order loop, copied here (keep them in sync): the
+  architecture step (``phase = "arch"``: forward on the architecture batch, CE + hinge latency term,
+  backward, Adam step on the logits, for binary the rescale of the sampled pairs, the expected
+  latency again for the dual-ascent update) then the weight step (``phase = "weights"``: forward,
+  CE, backward, SGD step; no gradient clipping, as in the search). The latency term is priced by a
+  synthetic LUT (every key of the space at 1 ms, scale 1, no overhead) so the real expected-latency
+  code runs; the budget is half the initial expected latency, so the hinge is active and its
+  gradient is computed.
 
 Time: the configurations run in interleaved rounds (round r of every configuration before round
 r + 1, so drift hits all alike) after warm-up rounds; each figure is the median over the rounds
@@ -67,7 +68,6 @@ from hwnas.strategies import Binary, make_strategy
 from hwnas.supernet import Supernet, structure
 
 CONFIGS = ("fixed", "binary", "softmax", "gumbel", "gumbel-hard")
-SEARCHES = CONFIGS[1:]
 BATCH, SIZE, WIDTH, THREADS, CLASSES = 16, 64, 0.5, 2, 10
 # the search's defaults (hwnas.search.SearchConfig)
 LR, ARCH_LR, LAM0, DUAL_LR, TAU0, LOSS = 0.05, 3e-3, 1.0, 0.05, 5.0, "hinge"
@@ -149,27 +149,14 @@ class Search:
         return sum(p.numel() for p in self.net.weight_parameters())
 
     def step(self, x, y, xa, ya) -> tuple[float, float]:
-        """(weight step s, architecture step s)."""
+        """(weight step s, architecture step s); the architecture step runs first, as in the search."""
         net, strategy = self.net, self.strategy
         t0 = time.perf_counter()
-        strategy.phase = "weights"
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        if not math.isfinite(float(loss.detach())):
-            raise SystemExit("non-finite loss")
-        self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(net.weight_parameters()), 5.0)
-        self.w_opt.step()
-        t1 = time.perf_counter()
         strategy.phase = "arch"
-        ce = F.cross_entropy(net(xa), ya)
-        e_lat = net.expected_latency_ms()
-        a_loss = self.objective(ce, e_lat, self.budget, self.dual.value)
-        if not math.isfinite(float(a_loss.detach())):
-            raise SystemExit("non-finite architecture loss")
+        a_loss = self.objective(F.cross_entropy(net(xa), ya), net.expected_latency_ms(), self.budget, self.dual.value)
+        finite(a_loss)
         self.a_opt.zero_grad(set_to_none=True)
-        a_loss.backward()
+        a_loss.backward(inputs=net.arch_parameters())  # as hwnas/search.py
         before = [a.detach().clone() for a in net.arch_parameters()]
         self.a_opt.step()
         if isinstance(strategy, Binary):
@@ -177,10 +164,25 @@ class Search:
                 r = net.rows[key]
                 a, old = net.alphas[r.param], before[r.param]
                 Binary.rescale(a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair)
-        self.dual.step(float(e_lat.detach()), self.budget)
-        int((logits.argmax(1) == y).sum())
+        with torch.no_grad():
+            e_lat = net.expected_latency_ms()
+        self.dual.step(float(e_lat), self.budget)
+        t1 = time.perf_counter()
+        strategy.phase = "weights"
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        finite(loss)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.w_opt.step()
+        _stats = float(loss.detach()), int((logits.argmax(1) == y).sum()), float(e_lat)  # the loop's statistics
         t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+        return t2 - t1, t1 - t0
+
+
+def finite(loss: torch.Tensor) -> None:
+    if not math.isfinite(float(loss.detach())):
+        raise SystemExit(f"the loss became {float(loss.detach())}")
 
 
 def make(name: str, sp: Space, lut: LUT, fixed_choice: str) -> Fixed | Search:
@@ -214,7 +216,7 @@ def maxrss_mb() -> float:
 
 
 def one(name: str, steps: int, fixed_choice: str) -> dict[str, Any]:
-    """Peak RSS above the baseline (imports + batches) over ``steps`` steps of one configuration."""
+    """Peak RSS above the baseline (imports, batches, torch warm-up) over ``steps`` steps of one configuration."""
     torch.manual_seed(0)
     random.seed(0)
     sp = space()
@@ -243,14 +245,17 @@ def timing(rounds: int, warmup: int, fixed_choice: str) -> dict[str, dict[str, f
     times: dict[str, list[tuple[float, float]]] = {n: [] for n in CONFIGS}
     t_start = time.perf_counter()
     for r in range(warmup + rounds):
+        last = {}
         for n, cfg in cfgs.items():
-            w, a = cfg.step(*data)
+            last[n] = cfg.step(*data)
             if r >= warmup:
-                times[n].append((w, a))
-        what = "warm-up" if r < warmup else "round"
-        k = r + 1 if r < warmup else r - warmup + 1
-        print(f"  {what} {k}: " + "  ".join(f"{n} {sum(times[n][-1]) * 1e3:.0f} ms" for n in CONFIGS if times[n]),
-              file=sys.stderr, flush=True)  # fmt: skip
+                times[n].append(last[n])
+        what = f"warm-up {r + 1}" if r < warmup else f"round {r - warmup + 1}"
+        print(
+            f"  {what}: " + "  ".join(f"{n} {sum(t) * 1e3:.0f} ms" for n, t in last.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     out = {}
     for n, ts in times.items():
         tot = [w + a for w, a in ts]

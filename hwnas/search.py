@@ -301,7 +301,7 @@ def run_search(
                 a_loss = arch_loss(net(xa), ya)
                 _check_finite(a_loss, epoch, step, ckpt_path)
                 a_opt.zero_grad(set_to_none=True)
-                a_loss.backward()
+                a_loss.backward(inputs=net.arch_parameters())  # weight gradients here would be thrown away
             before = [a.detach().clone() for a in net.arch_parameters()]
             a_opt.step()
             if isinstance(strategy, Binary):

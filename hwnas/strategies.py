@@ -15,6 +15,7 @@ the strategy (see :mod:`hwnas.supernet`): it is always ``softmax(alpha) . latenc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -80,6 +81,9 @@ class Binary(Strategy):
     def __init__(self) -> None:
         super().__init__()
         self.sampled: dict[int, tuple[int, ...]] = {}  # logits row -> path(s) sampled this step
+        # run the unpicked path of a pair without a graph (first-order gradients are unchanged);
+        # the second-order step needs the full graph and turns this off while it runs
+        self.lean = True
 
     def begin_step(self) -> None:
         self.sampled = {}
@@ -100,7 +104,14 @@ class Binary(Strategy):
         pair = F.softmax(alpha[[i, j]], dim=-1)  # differentiable two-path probabilities
         pick = int(torch.multinomial(pair.detach(), 1))
         gate = F.one_hot(torch.tensor(pick), 2).to(pair) - pair.detach() + pair  # straight-through binary gate
-        return gate[0] * ops[i](*xs) + gate[1] * ops[j](*xs)
+        # The unpicked path's gate is exactly 0: it passes no gradient to its input or weights, and
+        # its gate needs only its output value, so it runs without a graph (ProxylessNAS).
+        paths = (i, j)
+        outs: list[torch.Tensor] = [torch.empty(0), torch.empty(0)]
+        outs[pick] = ops[paths[pick]](*xs)
+        with torch.no_grad() if self.lean else contextlib.nullcontext():
+            outs[1 - pick] = ops[paths[1 - pick]](*xs)
+        return gate[0] * outs[0] + gate[1] * outs[1]
 
     @staticmethod
     @torch.no_grad()

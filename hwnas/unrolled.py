@@ -101,6 +101,9 @@ def unrolled_arch_grad(
     saved_w = [p.detach().clone() for p in weights]
     saved_buffers = [(b, b.detach().clone()) for b in net.buffers()]
     phase = strategy.phase
+    lean = getattr(strategy, "lean", None)
+    if lean is not None:
+        strategy.lean = False  # binary: the second-order term needs the unpicked path's graph too
     x, y = train_batch
     xv, yv = val_batch
     rng_train = _get_rng()
@@ -147,6 +150,8 @@ def unrolled_arch_grad(
         _set_rng(rng_end)
     finally:
         strategy.phase = phase
+        if lean is not None:
+            strategy.lean = lean
         with torch.no_grad():
             for p, w in zip(weights, saved_w, strict=True):
                 p.copy_(w)

@@ -94,6 +94,8 @@ def _exact(net: nn.Module, train, val, opt: torch.optim.SGD, arch_loss) -> list[
     w = {n: p.detach().clone().requires_grad_() for n, p in params.items() if id(p) not in arch_ids}
     buffers = {n: b.clone() for n, b in net.named_buffers()}
     (group,) = opt.param_groups
+    if hasattr(net.strategy, "lean"):
+        net.strategy.lean = False  # the exact reference needs every path's graph, as the unrolled step does
     net.strategy.phase = "arch"
     loss = F.cross_entropy(functional_call(net, {**w, **alpha}, (train[0],)), train[1])
     grads = torch.autograd.grad(loss, list(w.values()), create_graph=True, allow_unused=True)
