@@ -15,7 +15,8 @@ Configurations:
   offers it (``--fixed mbconv_k3_e6`` by default: MobileNetV2's block, whose step is close to the
   mean of the paths the binary weight step samples; the fixed first layer keeps its k3 e1 block);
 * ``binary``, ``softmax``, ``gumbel``, ``gumbel-hard`` — one full search step of
-  :func:`hwnas.search.run_search`'s first-order loop, copied here (keep them in sync): the
+  :func:`hwnas.search.run_search`'s first-order loop, by its own functions
+  :func:`hwnas.search.arch_step` and :func:`hwnas.search.weight_step`: the
   architecture step (``phase = "arch"``: forward on the architecture batch, CE + hinge latency term,
   backward, Adam step on the logits, for binary the rescale of the sampled pairs, the expected
   latency again for the dual-ascent update) then the weight step (``phase = "weights"``: forward,
@@ -63,8 +64,9 @@ import torch.nn.functional as F
 
 from hwnas.lut import LUT
 from hwnas.objectives import DualLambda, get_objective
+from hwnas.search import arch_step, weight_step
 from hwnas.space import Space, load_space
-from hwnas.strategies import Binary, make_strategy
+from hwnas.strategies import make_strategy
 from hwnas.supernet import Supernet, structure
 
 CONFIGS = ("fixed", "binary", "softmax", "gumbel", "gumbel-hard")
@@ -149,33 +151,12 @@ class Search:
         return sum(p.numel() for p in self.net.weight_parameters())
 
     def step(self, x, y, xa, ya) -> tuple[float, float]:
-        """(weight step s, architecture step s); the architecture step runs first, as in the search."""
-        net, strategy = self.net, self.strategy
+        """(weight step s, architecture step s): the search loop's own two steps, arch first."""
         t0 = time.perf_counter()
-        strategy.phase = "arch"
-        a_loss = self.objective(F.cross_entropy(net(xa), ya), net.expected_latency_ms(), self.budget, self.dual.value)
-        finite(a_loss)
-        self.a_opt.zero_grad(set_to_none=True)
-        a_loss.backward(inputs=net.arch_parameters())  # as hwnas/search.py
-        before = [a.detach().clone() for a in net.arch_parameters()]
-        self.a_opt.step()
-        if isinstance(strategy, Binary):
-            for key, pair in strategy.sampled.items():
-                r = net.rows[key]
-                a, old = net.alphas[r.param], before[r.param]
-                Binary.rescale(a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair)
-        with torch.no_grad():
-            e_lat = net.expected_latency_ms()
-        self.dual.step(float(e_lat), self.budget)
+        arch_step(self.net, self.a_opt, self.objective, self.dual, self.budget, (xa, ya), finite)
         t1 = time.perf_counter()
-        strategy.phase = "weights"
-        logits = net(x)
-        loss = F.cross_entropy(logits, y)
-        finite(loss)
-        self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.w_opt.step()
-        _stats = float(loss.detach()), int((logits.argmax(1) == y).sum()), float(e_lat)  # the loop's statistics
+        loss, logits = weight_step(self.net, self.w_opt, (x, y), finite)
+        _stats = float(loss), int((logits.argmax(1) == y).sum())  # the loop's statistics
         t2 = time.perf_counter()
         return t2 - t1, t1 - t0
 

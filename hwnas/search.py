@@ -17,6 +17,7 @@ Files in the run directory (all written atomically): ``arch.json`` (the result),
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -289,42 +290,13 @@ def run_search(
         tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
         for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
             # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
-            strategy.phase = "arch"
-
-            def arch_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-                return objective(F.cross_entropy(logits, target), net.expected_latency_ms(), cfg.budget_ms, dual.value)
-
-            if cfg.unrolled:
-                a_loss = unrolled_arch_grad(net, (x, y), (xa, ya), w_opt, arch_loss)
-                _check_finite(a_loss, epoch, step, ckpt_path)
-            else:
-                a_loss = arch_loss(net(xa), ya)
-                _check_finite(a_loss, epoch, step, ckpt_path)
-                a_opt.zero_grad(set_to_none=True)
-                a_loss.backward(inputs=net.arch_parameters())  # weight gradients here would be thrown away
-            before = [a.detach().clone() for a in net.arch_parameters()]
-            a_opt.step()
-            if isinstance(strategy, Binary):
-                for key, pair in strategy.sampled.items():
-                    r = net.rows[key]
-                    a, old = net.alphas[r.param], before[r.param]
-                    Binary.rescale(
-                        a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair
-                    )
-            with torch.no_grad():
-                e_lat = net.expected_latency_ms()
-            dual.step(float(e_lat), cfg.budget_ms)
-            strategy.phase = "weights"
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            _check_finite(loss, epoch, step, ckpt_path)
-            w_opt.zero_grad(set_to_none=True)
-            loss.backward()  # no gradient clipping: clipping at 5 (DARTS's value) stalled learning on Fashion-MNIST
-            w_opt.step()
+            check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
+            e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
+            loss, logits = weight_step(net, w_opt, (x, y), check)
             tot["loss"] += float(loss.detach()) * len(y)
             tot["correct"] += int((logits.argmax(1) == y).sum())
             tot["seen"] += len(y)
-            tot["e_lat_ms"] += float(e_lat)
+            tot["e_lat_ms"] += e_lat
             tot["steps"] += 1
         sched.step()
         stats = {
@@ -349,6 +321,70 @@ def run_search(
     )  # fmt: skip
     atomic_write(out_dir / "arch.json", arch.to_json().encode())
     return arch
+
+
+def arch_step(
+    net: Supernet,
+    a_opt: torch.optim.Optimizer,
+    objective: Callable[..., torch.Tensor],
+    dual: DualLambda,
+    budget_ms: float,
+    val_batch: tuple[torch.Tensor, torch.Tensor],
+    check: Callable[[torch.Tensor], None],
+    train_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+    w_opt: torch.optim.SGD | None = None,
+    unrolled: bool = False,
+) -> float:
+    """One architecture step on ``val_batch``: CE + latency term, backward into the logits only,
+    optimiser step, binary's rescale, dual ascent on lam. Returns E[lat] (ms) after the step.
+
+    ``unrolled`` takes DARTS's second-order gradient (needs ``train_batch`` and ``w_opt``).
+    ``check`` is called on the loss before it is used (it raises on NaN / inf).
+    """
+    strategy = net.strategy
+    strategy.phase = "arch"
+
+    def arch_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return objective(F.cross_entropy(logits, target), net.expected_latency_ms(), budget_ms, dual.value)
+
+    if unrolled:
+        if train_batch is None or w_opt is None:
+            raise ValueError("the unrolled step needs the training batch and the weight optimiser")
+        check(unrolled_arch_grad(net, train_batch, val_batch, w_opt, arch_loss))
+    else:
+        a_loss = arch_loss(net(val_batch[0]), val_batch[1])
+        check(a_loss)
+        a_opt.zero_grad(set_to_none=True)
+        a_loss.backward(inputs=net.arch_parameters())  # weight gradients here would be thrown away
+    before = [a.detach().clone() for a in net.arch_parameters()]
+    a_opt.step()
+    if isinstance(strategy, Binary):
+        for key, pair in strategy.sampled.items():
+            r = net.rows[key]
+            a, old = net.alphas[r.param], before[r.param]
+            Binary.rescale(a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair)
+    with torch.no_grad():
+        e_lat = float(net.expected_latency_ms())
+    dual.step(e_lat, budget_ms)
+    return e_lat
+
+
+def weight_step(
+    net: Supernet,
+    w_opt: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    check: Callable[[torch.Tensor], None],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One weight step on ``batch`` (no gradient clipping: clipping at 5, DARTS's value, stalled
+    learning on Fashion-MNIST). Returns the (detached) loss and the logits."""
+    net.strategy.phase = "weights"
+    logits = net(batch[0])
+    loss = F.cross_entropy(logits, batch[1])
+    check(loss)
+    w_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    w_opt.step()
+    return loss.detach(), logits.detach()
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None:
