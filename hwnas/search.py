@@ -37,7 +37,7 @@ from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.space import Choice, Space, load_space
 from hwnas.strategies import Binary, make_strategy
-from hwnas.supernet import MixedOp, Supernet, _edge_index, _edge_of, fastest_choices, structure
+from hwnas.supernet import Supernet, _edge_index, _edge_of, fastest_choices, row_costs, structure
 from hwnas.unrolled import unrolled_arch_grad
 
 Progress = Callable[[dict[str, Any]], None]
@@ -100,19 +100,8 @@ def latency_percentile(space: Space, lut: LUT, pct: float, n: int = 500, seed: i
 def min_latency_arch(net: Supernet, lut: LUT) -> Arch:
     """The fastest network of the space on ``lut`` (the floor of any budget)."""
     st = structure(net.price_space)
-    state = fastest_choices(net.price_space, st, _row_costs(net))
+    state = fastest_choices(net.price_space, st, row_costs(st, lut.latency))
     return _arch_of(net, net.derive(), state)
-
-
-def _row_costs(net: Supernet) -> list[list[float]]:
-    """Deployment latency (ms, before the LUT's scale) of each choice of each logits row, summed
-    over every place the row is used (DARTS rows are shared by all cells of a type)."""
-    out = [[0.0] * len(r.choices) for r in net.rows]
-    for m in net.nodes:
-        if isinstance(m, MixedOp):
-            for i, v in enumerate(m.lat_ms.tolist()):
-                out[m.key][i] += v
-    return out
 
 
 def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: float = 0.9) -> tuple[Arch, int]:
@@ -126,7 +115,7 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     the number of swaps. Latencies move by the LUT's per-choice costs (the prediction is additive),
     and the result is checked against :meth:`LUT.predict`.
     """
-    costs = _row_costs(net)
+    costs = row_costs(structure(net.price_space), lut.latency)
     with torch.no_grad():
         logp = [torch.log_softmax(net.row(k), -1).tolist() for k in range(len(net.rows))]
     state = _state_of(net, arch)  # [(row, choice index)] of the arch's decisions

@@ -91,9 +91,9 @@ def test_tight_budget_is_kept_by_repair(data_dir: Path, luts, tmp_path: Path) ->
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
 def test_derived_arch_uses_the_budget(space: str, data_dir: Path, luts, tmp_path: Path) -> None:
-    from hwnas.search import _row_costs, _state_of
+    from hwnas.search import _state_of
     from hwnas.strategies import make_strategy
-    from hwnas.supernet import Supernet
+    from hwnas.supernet import Supernet, row_costs, structure
 
     lut = luts[space]
     largest = run_search(_cfg(space, data_dir, lut, budget_ms=1e6, budget_floor=0.9), lut, tmp_path / "big")
@@ -105,7 +105,7 @@ def test_derived_arch_uses_the_budget(space: str, data_dir: Path, luts, tmp_path
     if ms < 0.9 * budget:  # allowed only when no single swap lands in (ms, budget]
         sp = load_space(space).with_params(in_channels=1, num_classes=10)
         net = Supernet(sp, make_strategy("softmax"), lut)
-        costs, state = _row_costs(net), _state_of(net, arch)
+        costs, state = row_costs(structure(sp), lut.latency), _state_of(net, arch)
         for r, cur in state:
             for i, c in enumerate(net.rows[r].choices):
                 if c != "none":
