@@ -7,7 +7,6 @@ import functools
 import json
 import random
 import re
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -603,11 +602,3 @@ def ops() -> None:
         spec = get_op(name)
         t.add_row(name, ", ".join(spec.params), "yes" if spec.priced else "no (free)", spec.doc)
     out.print(t)
-
-
-def run() -> None:  # pragma: no cover - console entry point convenience
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
