@@ -43,7 +43,7 @@ class Node:
     call: OpCall
     inputs: tuple[int, ...]
     where: str  # human-readable location, e.g. "layers[3]" or "cell 2 node 1 edge 0"
-    tag: tuple[Any, ...] = ()  # machine-readable location: ("layer", i) or ("edge", "normal"|"reduce", k, cell)
+    tag: tuple[Any, ...] = ()  # ("layer", i), ("edge", "normal"|"reduce", k, cell) or ("cell_out", cell)
 
 
 @dataclass(frozen=True)
@@ -135,15 +135,21 @@ class Arch:
         """Read and validate an arch JSON file."""
         p = Path(path)
         try:
-            text = p.read_text()
+            text = p.read_bytes().decode("utf-8")
         except FileNotFoundError:
             raise ArchError(f"{p}: no such arch file") from None
         except OSError as e:
             raise ArchError(f"{p}: cannot read ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise ArchError(
+                f"{p}: not a UTF-8 text file (byte {e.start}); pass the arch JSON that hwnas sample/search wrote"
+            ) from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ArchError(f"{p}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+        except RecursionError:
+            raise ArchError(f"{p}: not valid JSON (nested too deeply to be an arch)") from None
         return cls.from_dict(data, str(p))
 
     @property
@@ -159,8 +165,12 @@ _BLOCK_FIELDS = ("stem", "layers", "head")
 _CELL_FIELDS = ("C", "layers", "stem_multiplier", "reduce_at", "classes", "genotype")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    return _is_int(v) and v > 0
 
 
 def _plain(obj: Any) -> Any:
@@ -233,7 +243,7 @@ def _walk_cells(arch: Arch) -> Iterator[Node]:
             raise ArchError(f"field {f!r} must be a positive integer, got {body[f]!r}")
     n_layers = body["layers"]
     reduce_at = body["reduce_at"]
-    if not (isinstance(reduce_at, list) and all(isinstance(r, int) and 0 <= r < n_layers for r in reduce_at)):
+    if not (isinstance(reduce_at, list) and all(_is_int(r) and 0 <= r < n_layers for r in reduce_at)):
         raise ArchError(f"field 'reduce_at' must list cell indices in [0, {n_layers}), got {reduce_at!r}")
     geno = body["genotype"]
     if not isinstance(geno, dict) or set(geno) != {"normal", "reduce"}:
@@ -280,7 +290,7 @@ def walk_cells(in_shape: Shape, body: Mapping[str, Any], cells: Mapping[str, lis
                 k += 1
             total = b.add("add", {"n": len(outs)}, tuple(outs), f"{where} node {j} sum") if len(outs) > 1 else outs[0]
             states.append(total)
-        out = b.add("concat", {"n": n_nodes}, tuple(states[2:]), f"{where} concat")
+        out = b.add("concat", {"n": n_nodes}, tuple(states[2:]), f"{where} concat", ("cell_out", i))
         s0, s1, red_prev = s1, out, red
     b.add("head", {"mix": 0, "classes": body["classes"], "act": "none"}, (s1,), "head")
     return Plan(tuple(in_shape), tuple(b.nodes))
@@ -289,10 +299,10 @@ def walk_cells(in_shape: Shape, body: Mapping[str, Any], cells: Mapping[str, lis
 def _check_cell(edges: Any, where: str) -> list[list[tuple[str, int]]]:
     """Validate a derived cell (two ``[op, input]`` pairs per node) and group it by node."""
     if not isinstance(edges, list) or not edges or len(edges) % 2:
-        raise ArchError(f"{where} must be a non-empty list of [op, input] pairs, two per node")
+        raise ArchError(f"{where} must be a non-empty list of [OP, INPUT] pairs, two per node")
     for i, edge in enumerate(edges):
-        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str) and isinstance(edge[1], int)):
-            raise ArchError(f"{where}[{i}] must be [op, input], got {edge!r}")
+        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str) and _is_int(edge[1])):
+            raise ArchError(f"{where}[{i}] must be [OP, INPUT] (an op name and an input index), got {edge!r}")
         op, src = edge
         node = i // 2
         if not 0 <= src < 2 + node:
@@ -323,16 +333,25 @@ class PlanNet(nn.Module):
                 last_use[j] = i
         self._release = [[j for j, last in last_use.items() if last == i and j >= 0] for i in range(len(self._inputs))]
 
-    def forward(self, x: torch.Tensor, mark: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Run the plan; ``mark(i)`` (if given) is called before node ``i`` and once at the end.
+    def forward(
+        self,
+        x: torch.Tensor,
+        mark: Callable[[int], None] | None = None,
+        after: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Run the plan; ``mark(i)`` (if given) is called before node ``i`` and once at the end;
+        ``after(i, y)`` (if given) sees node ``i``'s output and returns what its consumers get.
 
-        The profiler uses ``mark`` to time each block inside the network.
+        The profiler uses ``mark`` to time each block inside the network; training uses ``after``
+        for drop-path and to tap an auxiliary head.
         """
         outs: dict[int, torch.Tensor] = {-1: x}
         for i, (mod, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
             if mark is not None:
                 mark(i)
             outs[i] = mod(*(outs[j] for j in ins))
+            if after is not None:
+                outs[i] = after(i, outs[i])
             for j in self._release[i]:
                 del outs[j]
         if mark is not None:

@@ -76,8 +76,10 @@ def format_ms(ms: float) -> str:
 
     Four significant digits; seconds from 1000 ms up (after rounding, so 999.99 ms reads ``"1 s"``).
     :func:`parse_budget_ms` reads every output back: for positive finite ``ms`` the round trip is
-    within 0.05 % (half a unit in the fourth digit). Very small or large values use an exponent
-    (``"1e-05 ms"``); non-finite values format as ``"inf ms"`` / ``"nan ms"`` and do not round-trip.
+    within 0.05 % (half a unit in the fourth digit), except within 0.05 % of the largest float,
+    where rounding up to four digits overflows and the text is refused as out of range. Very small
+    or large values use an exponent (``"1e-05 ms"``); non-finite values format as ``"inf ms"`` /
+    ``"nan ms"`` and do not round-trip.
     """
     if math.isfinite(ms) and abs(float(f"{ms:.4g}")) >= 1000:
         return f"{ms / 1000:.4g} s"

@@ -21,10 +21,11 @@ and ``overhead_ms`` fitted by least squares on whole-network measurements of the
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import pandas as pd
 from hwnas.arch import Arch, Plan
 from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, parse_key
-from hwnas.profiling.runner import atomic_write
+from hwnas.profiling.runner import TimingSettings, atomic_write
 
 SCHEMA = "hwnas.lut/1"
 COLUMNS = (
@@ -48,7 +49,11 @@ COLUMNS = (
     "context_n",
 )
 NUMERIC = ("latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
-META_REQUIRED = ("schema", "space", "input_size", "width_mult", "device", "backend", "threads", "batch", "model")
+META_REQUIRED = (
+    "schema", "space", "input_size", "width_mult", "device", "device_kind", "backend", "threads", "batch", "model",
+)  # fmt: skip
+BACKENDS = ("onnxruntime", "torch")
+DEVICE_KINDS = ("cpu", "cuda")
 
 
 class LutError(HwnasError):
@@ -181,15 +186,23 @@ class LUT:
         p = Path(path)
         if not p.exists():
             raise LutError(f"{p}: no such LUT; build one with `hwnas profile --space SPACE --out {p}`")
+        if not p.is_file():
+            raise LutError(f"{p}: not a file; pass the LUT's .csv (hwnas profile writes it)")
         mp = meta_path(p)
         try:
-            meta = json.loads(mp.read_text())
+            meta = json.loads(mp.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise LutError(
                 f"{p}: its metadata {mp.name} is missing; re-run `hwnas profile` to rebuild the pair"
             ) from None
         except json.JSONDecodeError as e:
             raise LutError(f"{mp}: not valid JSON (line {e.lineno}: {e.msg}); re-run `hwnas profile`") from None
+        except UnicodeDecodeError:
+            raise LutError(f"{mp}: not a UTF-8 JSON text file; re-run `hwnas profile` to rebuild it") from None
+        except RecursionError:
+            raise LutError(f"{mp}: not valid JSON (nested too deeply); re-run `hwnas profile`") from None
+        except OSError as e:
+            raise LutError(f"{mp}: cannot read the LUT's metadata ({e.strerror})") from None
         if not isinstance(meta, dict):
             raise LutError(f"{mp}: expected a JSON object")
         if meta.get("schema") != SCHEMA:
@@ -197,9 +210,7 @@ class LUT:
         lacking = [f for f in META_REQUIRED if f not in meta]
         if lacking:
             raise LutError(f"{mp}: missing field(s) {', '.join(lacking)}; rebuild the LUT with `hwnas profile`")
-        model = meta["model"]
-        if not (isinstance(model, dict) and _finite(model.get("scale")) and _finite(model.get("overhead_ms"))):
-            raise LutError(f"{mp}: field 'model' needs finite 'scale' and 'overhead_ms'")
+        _check_meta(meta, mp)
         table = _read_table(p)
         digest = hashlib.sha256(p.read_bytes()).hexdigest()
         if meta.get("csv_sha256") not in (None, digest):
@@ -221,17 +232,61 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _check_meta(meta: dict[str, Any], mp: Path) -> None:
+    """Refuse metadata fields of the wrong kind, which commands would otherwise trip over later."""
+
+    def bad(field: str, want: str) -> LutError:
+        return LutError(
+            f"{mp}: field {field!r} must be {want}, got {meta.get(field)!r}; rebuild the LUT with `hwnas profile`"
+        )
+
+    for f in ("input_size", "threads", "batch", "rounds", "in_channels", "num_classes"):
+        if f in meta and not (_pos_int(meta[f]) or (f in ("in_channels", "num_classes") and meta[f] is None)):
+            raise bad(f, "a positive integer")
+    if not (_finite(meta["width_mult"]) and meta["width_mult"] > 0):
+        raise bad("width_mult", "a positive number")
+    for f, allowed in (("backend", BACKENDS), ("device_kind", DEVICE_KINDS)):
+        if meta[f] not in allowed:
+            raise bad(f, f"one of {', '.join(allowed)}")
+    if not isinstance(meta["space"], str) or not isinstance(meta.get("space_source", ""), str | None):
+        raise bad("space", "a space name")
+    model = meta["model"]
+    if not (isinstance(model, dict) and _finite(model.get("scale")) and _finite(model.get("overhead_ms"))):
+        raise LutError(f"{mp}: field 'model' needs finite 'scale' and 'overhead_ms'")
+    timing = meta.get("timing", {})
+    known = {f.name for f in fields(TimingSettings)}
+    if not (isinstance(timing, dict) and set(timing) <= known and all(_finite(v) for v in timing.values())):
+        raise bad("timing", f"an object of numbers with keys among {', '.join(sorted(known))}")
+    settings = meta.get("settings", {})
+    if not (isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())):
+        raise bad("settings", "an object of objects")
+
+
 def _read_table(p: Path) -> pd.DataFrame:
     raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM (spreadsheet export) is not part of the header
+    except UnicodeDecodeError as e:
+        raise LutError(f"{p}: not a UTF-8 text CSV (byte {e.start}); re-run `hwnas profile` to rebuild it") from None
+    if "\x00" in text:
+        raise LutError(f"{p}: not a text CSV (it holds NUL bytes); re-run `hwnas profile` to rebuild it")
     if raw and not raw.endswith(b"\n"):
         raise LutError(f"{p}: the last line is cut off (truncated file); re-run `hwnas profile` to rebuild it")
     try:
-        table = pd.read_csv(p, dtype={"key": str, "op": str, "params": str, "input": str}, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        table = pd.read_csv(
+            io.StringIO(text), dtype={"key": str, "op": str, "params": str, "input": str}, keep_default_na=False
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
         raise LutError(f"{p}: not a readable CSV ({str(e).splitlines()[0]})") from None
     missing = [c for c in ("key", "latency_ms") if c not in table.columns]
     if missing:
         raise LutError(f"{p}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}")
+    if table.empty:
+        raise LutError(f"{p}: the header has no rows under it; re-run `hwnas profile` to rebuild it")
     for c in ("key", "op", "params", "input", *NUMERIC):
         if c not in table.columns:
             table[c] = "" if c in ("op", "params", "input") else float("nan")

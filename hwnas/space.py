@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import itertools
 import random
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from hwnas.arch import Arch, ArchError
 from hwnas.errors import HwnasError
@@ -297,6 +296,79 @@ _REQUIRED = {
     "blocks": ("stem", "stages"),
     "cells": ("C", "layers", "nodes", "ops"),
 }
+_COMMON = ("name", "description", "kind", "input_size", "in_channels", "num_classes", "width_mult")
+_ALLOWED = {
+    "blocks": (*_COMMON, "act", "stem", "head", "stages"),
+    "cells": (*_COMMON, "C", "layers", "nodes", "stem_multiplier", "ops"),
+}
+_TABLES = {"stem": ("out", "k", "stride", "act"), "head": ("mix", "act")}
+_STAGE_FIELDS = ("out", "depth", "stride", "candidates")
+
+
+def _is_int(v: Any, lo: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _check_raw(raw: dict[str, Any], p: Path) -> None:
+    """Refuse a parsed space file whose fields are missing, unknown or of the wrong kind."""
+    kind = raw.get("kind")
+    if kind not in _REQUIRED:
+        raise SpaceError(f"{p}: field 'kind' must be 'blocks' or 'cells', got {kind!r}")
+    missing = [f for f in _REQUIRED[kind] if f not in raw]
+    if missing:
+        raise SpaceError(f"{p}: missing field(s) {', '.join(missing)} for a {kind!r} space")
+    unknown = sorted(set(raw) - set(_ALLOWED[kind]))
+    if unknown:
+        raise SpaceError(
+            f"{p}: unknown field(s) {', '.join(unknown)} in a {kind!r} space; allowed: {', '.join(_ALLOWED[kind])}"
+        )
+    for f in ("name", "description", "act"):
+        if f in raw and not isinstance(raw[f], str):
+            raise SpaceError(f"{p}: field {f!r} must be a string, got {raw[f]!r}")
+    for f in ("input_size", "in_channels", "num_classes", "C", "layers", "stem_multiplier", "nodes"):
+        lo = 2 if f == "nodes" else 1
+        if f in raw and not _is_int(raw[f], lo):
+            raise SpaceError(f"{p}: field {f!r} must be an integer >= {lo}, got {raw[f]!r}")
+    wm = raw.get("width_mult", 1.0)
+    if isinstance(wm, bool) or not isinstance(wm, int | float) or not 0 < wm < float("inf"):
+        raise SpaceError(f"{p}: field 'width_mult' must be a positive number, got {wm!r}")
+    if kind == "cells":
+        ops = raw["ops"]
+        if not (isinstance(ops, list) and ops and all(isinstance(o, str) for o in ops)):
+            raise SpaceError(f"{p}: field 'ops' must be a non-empty list of cell op names, got {ops!r}")
+        unknown = [o for o in ops if o not in DARTS_OPS]
+        if unknown:
+            raise SpaceError(f"{p}: field 'ops' has unknown cell op(s) {unknown}; known: {', '.join(DARTS_OPS)}")
+        if len(set(ops)) != len(ops) or set(ops) == {"none"}:
+            raise SpaceError(f"{p}: field 'ops' must list distinct ops, at least one besides 'none', got {ops!r}")
+        return
+    for table, allowed in _TABLES.items():
+        t = raw.get(table, {})
+        if not isinstance(t, dict):
+            raise SpaceError(f"{p}: field {table!r} must be a table, got {t!r}")
+        extra = sorted(set(t) - set(allowed))
+        if extra:
+            raise SpaceError(
+                f"{p}: table {table!r} has unknown field(s) {', '.join(extra)}; allowed: {', '.join(allowed)}"
+            )
+    if not _is_int(raw["stem"].get("out")):
+        raise SpaceError(f"{p}: stem.out must be a positive integer, got {raw['stem'].get('out')!r}")
+    if not _is_int(raw.get("head", {}).get("mix", 0), 0):
+        raise SpaceError(f"{p}: head.mix must be an integer >= 0, got {raw['head']['mix']!r}")
+    stages = raw["stages"]
+    if not isinstance(stages, list) or not stages or not all(isinstance(st, dict) for st in stages):
+        raise SpaceError(f"{p}: field 'stages' must be a non-empty list of stage tables")
+    for i, st in enumerate(stages):
+        extra = sorted(set(st) - set(_STAGE_FIELDS))
+        if extra:
+            raise SpaceError(
+                f"{p}: stages[{i}] has unknown field(s) {', '.join(extra)}; allowed: {', '.join(_STAGE_FIELDS)}"
+            )
+        for f in ("out", "depth"):
+            if not _is_int(st.get(f)):
+                raise SpaceError(f"{p}: stages[{i}].{f} must be a positive integer, got {st.get(f)!r}")
+        if not (_is_int(st.get("stride", 1)) and st.get("stride", 1) in (1, 2)):
+            raise SpaceError(f"{p}: stages[{i}].stride must be 1 or 2, got {st.get('stride')!r}")
 
 
 def builtin_spaces() -> list[str]:
@@ -315,30 +387,17 @@ def load_space(name_or_path: str | Path, input_size: int | None = None, width_mu
                 "(or pass a path to a .toml space file)"
             )
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise SpaceError(f"{p}: no such space file") from None
+    except OSError as e:
+        raise SpaceError(f"{p}: cannot read the space file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise SpaceError(f"{p}: not a UTF-8 text file (byte {e.start}); a space file is TOML text") from None
     except tomllib.TOMLDecodeError as e:
         raise SpaceError(f"{p}: not valid TOML ({e})") from None
-    kind = raw.get("kind")
-    if kind not in _REQUIRED:
-        raise SpaceError(f"{p}: field 'kind' must be 'blocks' or 'cells', got {kind!r}")
-    missing = [f for f in _REQUIRED[kind] if f not in raw]
-    if missing:
-        raise SpaceError(f"{p}: missing field(s) {', '.join(missing)} for a {kind!r} space")
-    if kind == "cells":
-        unknown = [o for o in raw["ops"] if o not in DARTS_OPS]
-        if unknown or not raw["ops"]:
-            raise SpaceError(f"{p}: field 'ops' has unknown cell op(s) {unknown}; known: {', '.join(DARTS_OPS)}")
-    elif not isinstance(raw["stages"], list) or not raw["stages"]:
-        raise SpaceError(f"{p}: field 'stages' must be a non-empty list of stages")
-    else:
-        for i, st in enumerate(raw["stages"]):
-            for f in ("out", "depth"):
-                if not (isinstance(st.get(f), int) and st[f] > 0):
-                    raise SpaceError(f"{p}: stages[{i}].{f} must be a positive integer, got {st.get(f)!r}")
-            if st.get("stride", 1) not in (1, 2):
-                raise SpaceError(f"{p}: stages[{i}].stride must be 1 or 2, got {st.get('stride')!r}")
+    _check_raw(raw, p)
+    kind = raw["kind"]
     try:
         space = Space(
             name=str(raw.get("name", p.stem)),

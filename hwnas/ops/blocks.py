@@ -47,7 +47,9 @@ def _check_conv(shape: Shape, p: dict[str, Any]) -> None:
         raise OpError(f"act must be one of {', '.join(ACTS)}, got {p['act']!r}")
 
 
-@register_op("conv_bn_act", params=("act", "k", "out", "stride"), out_shape=_strided, check=_check_conv)
+@register_op(
+    "conv_bn_act", params=("act", "k", "out", "stride"), out_shape=_strided, check=_check_conv, text_params=("act",)
+)
 class ConvBNAct(nn.Module):
     """Conv k x k (same padding) + BatchNorm + activation: the stem of every space."""
 
@@ -91,7 +93,14 @@ class ChannelShuffle(nn.Module):
         return x.reshape(n, g, c // g, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
-@register_op("mbconv", params=("act", "e", "groups", "k", "out", "stride"), out_shape=_strided, check=_check_mbconv)
+@register_op(
+    "mbconv",
+    params=("act", "e", "groups", "k", "out", "stride"),
+    out_shape=_strided,
+    check=_check_mbconv,
+    text_params=("act",),
+    real_params=("e",),
+)
 class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] + k x k depthwise + 1x1 project, residual when shapes match.
 
@@ -168,7 +177,7 @@ def _check_head(shape: Shape, p: dict[str, Any]) -> None:
         raise OpError(f"act must be one of {', '.join(ACTS)}, got {p['act']!r}")
 
 
-@register_op("head", params=("act", "classes", "mix"), out_shape=_head_shape, check=_check_head)
+@register_op("head", params=("act", "classes", "mix"), out_shape=_head_shape, check=_check_head, text_params=("act",))
 class Head(nn.Module):
     """[1x1 conv to ``mix`` channels + BN + act] + global average pool + linear classifier.
 

@@ -100,12 +100,27 @@ def make_call(op: str, params: Mapping[str, ParamValue], in_shape: Shape) -> OpC
             parts.append(f"unexpected {', '.join(extra)}")
         raise OpError(f"op {op!r}: {'; '.join(parts)} (it takes: {', '.join(spec.params) or 'nothing'})")
     canon = tuple(sorted((k, canonical_value(v)) for k, v in given.items()))
+    for k, v in canon:
+        _check_kind(spec, k, v)
     shape = tuple(int(d) for d in in_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise OpError(f"op {op!r}: input shape {in_shape!r} must be three positive ints (C, H, W)")
     call = OpCall(op, canon, shape)  # type: ignore[arg-type]
     spec.check(shape, dict(canon))
     return call
+
+
+def _check_kind(spec: OpSpec, name: str, value: ParamValue) -> None:
+    """Refuse a parameter value of the wrong kind (``stride = "2"``, ``k = 1.5``) before any check
+    converts it: every parameter is an integer unless the op declares it text or real."""
+    if name in spec.text_params:
+        ok, want = isinstance(value, str), "a string"
+    elif name in spec.real_params:
+        ok, want = not isinstance(value, str), "a number"
+    else:
+        ok, want = isinstance(value, int), "an integer"
+    if not ok:
+        raise OpError(f"op {spec.name!r}: parameter {name} must be {want}, got {value!r}")
 
 
 def parse_key(key: str) -> OpCall:
@@ -148,6 +163,8 @@ class OpSpec:
     priced: bool
     arity: int  # number of tensor inputs; 0 means "n" given by the ``n`` parameter
     doc: str
+    text_params: tuple[str, ...] = ()  # parameters that are strings (e.g. ``act``) ...
+    real_params: tuple[str, ...] = ()  # ... or any number (e.g. ``e``); all others are integers
 
 
 _REGISTRY: dict[str, OpSpec] = {}
@@ -165,8 +182,13 @@ def register_op(
     check: Callable[[Shape, dict[str, Any]], None] = _no_check,
     priced: bool = True,
     arity: int = 1,
+    text_params: tuple[str, ...] = (),
+    real_params: tuple[str, ...] = (),
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register an ``nn.Module`` whose constructor is ``cls(c_in, **params)``.
+
+    Parameters are integers unless listed in ``text_params`` (strings) or ``real_params`` (any
+    number); :func:`make_call` refuses a value of another kind.
 
     Registering a name twice raises, as torchvision's model registry does.
     """
@@ -175,7 +197,7 @@ def register_op(
         if name in _REGISTRY:
             raise OpError(f"op {name!r} is already registered (by {_REGISTRY[name].cls.__name__})")
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _REGISTRY[name] = OpSpec(name, cls, params, out_shape, check, priced, arity, doc)
+        _REGISTRY[name] = OpSpec(name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params)
         return cls
 
     return deco

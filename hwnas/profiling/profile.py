@@ -21,8 +21,10 @@ interrupted profile resumes where it stopped; the LUT is written only when compl
 from __future__ import annotations
 
 import getpass
+import glob
 import hashlib
 import json
+import os
 import platform
 import random
 import shutil
@@ -30,7 +32,8 @@ import socket
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -316,16 +319,79 @@ def run_meta(s: ProfileSettings, seconds: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def lock_path(out: Path) -> Path:
+    """The lock file a profile holds while it writes ``out``: ``<out>.lock``."""
+    return out.with_name(out.name + ".lock")
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<out>.lock`` (``fcntl.flock``) while a profile writes ``out``.
+
+    A second profile of the same output fails at once with one line naming the holder's PID,
+    instead of interleaving its rows into the same journal. The kernel drops the lock when its
+    holder dies (even by SIGKILL), so a killed profile never blocks the next run. Where ``fcntl``
+    is missing (Windows) there is no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on the platforms hwnas is tested on
+        yield
+        return
+    path = lock_path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HwnasError(
+            f"{out}: cannot create its folder {path.parent} ({e.strerror}); choose another --out"
+        ) from None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode("ascii", errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise HwnasError(
+                f"{out}: another profile (PID {holder}) is writing it; wait for it to finish, or choose another --out"
+            ) from None
+        try:  # the holder before us may have removed the file as it finished: lock the file at the path
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        with suppress(OSError):
+            os.unlink(path)  # while still holding the lock: a waiter re-checks the path (above)
+        os.close(fd)
+
+
 def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | None = None) -> LUT:
-    """Measure a LUT for ``space`` on the target of ``s`` and write it to ``out`` (resumable)."""
+    """Measure a LUT for ``space`` on the target of ``s`` and write it to ``out`` (resumable).
+
+    Only one profile at a time may write ``out`` (see :func:`output_lock`).
+    """
     check_target(s)
+    with output_lock(out):
+        return _profile(space, s, out, progress)
+
+
+def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | None) -> LUT:
     work_dir = out.with_name(out.name + ".work")
+    for stale in out.parent.glob(f"{glob.escape(work_dir.name)}.done-*"):  # a kill while deleting a journal
+        shutil.rmtree(stale, ignore_errors=True)
     state = {"space": space_meta(space), "settings": s.to_dict()}
     state_file = work_dir / "state.json"
     if state_file.exists():
         try:
             old = json.loads(state_file.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
         if old != state:
             raise HwnasError(
@@ -343,7 +409,11 @@ def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | No
     extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed}
     lut = assemble(space_meta(space), s, work, read_rows(results), extra)
     lut.save(out)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # rename, then delete: a kill while deleting must not leave a half-emptied journal that the
+    # next run would take for a profile to resume (it would measure everything again)
+    done = work_dir.with_name(f"{work_dir.name}.done-{os.getpid()}")
+    work_dir.rename(done)
+    shutil.rmtree(done, ignore_errors=True)
     return lut
 
 

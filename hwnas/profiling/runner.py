@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import re
@@ -237,37 +238,75 @@ class Job:
 
 
 def append_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
-    """Append result rows and make them durable: a kill loses at most the rows in flight."""
-    _drop_partial_line(path)
+    """Append one job-round's rows and make them durable: a kill loses at most the rows in flight.
+
+    The caller puts the job's own row last: it marks the batch complete. A kill can cut a write
+    anywhere (even one ``write`` call, at a page boundary), so :func:`_drop_torn_tail` first
+    removes what a cut batch left: a partial line and block rows whose job row never came.
+    """
+    _drop_torn_tail(path)
     new = not path.exists() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, lineterminator="\n")
-        if new:
-            w.writeheader()
-        for row in rows:
-            w.writerow({k: row[k] for k in RESULT_FIELDS})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    if new:
+        w.writeheader()
+    for row in rows:
+        w.writerow({k: row[k] for k in RESULT_FIELDS})
+    with path.open("ab") as f:
+        f.write(buf.getvalue().encode())
         f.flush()
         os.fsync(f.fileno())
 
 
-def _drop_partial_line(path: Path) -> None:
-    """Cut a line left half-written by a kill, so the next append starts on a fresh line."""
+def _parent(name: str) -> str:
+    """``net:x#3`` (block 3 inside network ``net:x``) -> ``net:x``; a job's own row is its parent."""
+    return name.split("#", 1)[0]
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut what a kill left at the end of a results file: half a line, and block rows (``name#i``)
+    after the last job row whose job row is nowhere in the file (their batch never completed).
+
+    Files written before job rows came last (job row first, then its blocks) keep their tail: the
+    job row of those block rows is present.
+    """
     if not path.exists():
         return
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
+    keep = data.rfind(b"\n") + 1 if data and not data.endswith(b"\n") else len(data)
+    lines = data[:keep].splitlines(keepends=True)
+    cut = len(lines)
+    while cut > 1:  # line 0 is the header; a batch ends with its job row, so only the tail can be cut
+        row = next(csv.reader([lines[cut - 1].decode("utf-8", errors="replace")]), [])
+        if len(row) < 2 or "#" not in row[0] or _line_start(_parent(row[0]), row[1]) in data[:keep]:
+            break  # a job row, or a block row whose job row is in the file (the older order)
+        cut -= 1
+    keep = sum(len(line) for line in lines[:cut])
+    if keep < len(data):
         with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _line_start(name: str, rnd: str) -> bytes:
+    """How a results line for job ``name`` in round ``rnd`` starts, as the CSV writer writes it."""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([name, rnd])
+    return b"\n" + buf.getvalue().rstrip("\n").encode() + b","
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """Complete rows of a results file; a truncated last line (a kill mid-write) is dropped."""
+    """Complete rows of a results file: a truncated last line (a kill mid-write) and block rows
+    whose job row is missing (a batch cut short) are dropped."""
     if not path.exists():
         return []
-    lines = path.read_text().splitlines(keepends=True)
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines = lines[:-1]
-    return [r for r in csv.DictReader(lines) if all(r.get(k) not in (None, "") for k in RESULT_FIELDS)]
+    rows = [r for r in csv.DictReader(lines) if all(r.get(k) not in (None, "") for k in RESULT_FIELDS)]
+    jobs = {(r["name"], r["round"]) for r in rows if "#" not in r["name"]}
+    return [r for r in rows if (_parent(r["name"]), r["round"]) in jobs]
 
 
 def run_jobs(
@@ -305,9 +344,9 @@ def run_jobs(
             model = loaded[job.name]
             rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing))}]
             if job.kind == "net":
-                for i, xs in sorted(model.node_times(timing).items()):
-                    rows.append({"name": f"{job.name}#{i}", "round": rnd, **summarize(xs)})
-            append_rows(results, rows)
+                blocks = sorted(model.node_times(timing).items())
+                rows = [{"name": f"{job.name}#{i}", "round": rnd, **summarize(xs)} for i, xs in blocks] + rows
+            append_rows(results, rows)  # the job's own row last: it marks the batch complete
             timed += 1
             if progress:
                 progress(k, total, job.name)
@@ -349,12 +388,24 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            if hasattr(os, "fchmod"):  # mkstemp's 0600 would hide the file from other users
+                os.fchmod(f.fileno(), _file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions a rewrite of ``path`` keeps: its own, or those ``open`` gives a new file."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def write_json_atomic(path: Path, data: object) -> None:
