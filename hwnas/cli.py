@@ -7,15 +7,16 @@ import functools
 import json
 import random
 import re
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import tomllib
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -54,7 +55,7 @@ def user_errors(fn: F) -> F:
         except HwnasError as e:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted; finished work is kept (re-run the same command to resume)", highlight=False)
@@ -283,24 +284,32 @@ def sample(
     out.print(f"wrote {n} architectures of {sp.describe()} to {out_dir}")
 
 
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
 def _arch_or_onnx(path: Path):
+    """The arch of an arch JSON, or of an ONNX file written by ``hwnas export`` (its metadata)."""
     from hwnas.arch import Arch
 
-    if path.suffix == ".onnx":
-        raise UsageError(
-            f"{path}: reading the arch from an ONNX file's metadata comes with `hwnas export`; pass the arch JSON"
-        )
+    if _is_onnx(path):
+        from hwnas.export import arch_from_onnx
+
+        return arch_from_onnx(path)
     return Arch.load(path)
 
 
 @app.command()
 @user_errors
 def predict(
-    arch: Annotated[Path, typer.Argument(help="Arch JSON (from hwnas sample or hwnas search).")],
+    arch: Annotated[
+        Path,
+        typer.Argument(help="Arch JSON (from hwnas sample or hwnas search), or an ONNX file from hwnas export."),
+    ],
     lut: Annotated[Path, typer.Option("--lut", "-l", help="LUT CSV from hwnas profile.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the per-block breakdown).")] = False,
 ) -> None:
-    """Predict a network's latency on the LUT's target.
+    """Predict a network's latency on the LUT's target (an exported ONNX file: the arch in its metadata).
 
     Example: hwnas predict runs/samples/arch_000.json --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv
     """
@@ -325,7 +334,12 @@ def predict(
 @app.command()
 @user_errors
 def measure(
-    model: Annotated[Path, typer.Argument(help="Arch JSON, or an ONNX file (ONNX Runtime only).")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="Arch JSON, or an ONNX file (ONNX Runtime only; --lut needs one from hwnas export, whose metadata holds the arch)."
+        ),
+    ],
     device: Annotated[Device | None, typer.Option(help="cpu or cuda (default: the LUT's, else cpu).")] = None,
     backend: Annotated[
         Backend | None, typer.Option(help="onnxruntime or torch (default: the LUT's, else onnxruntime).")
@@ -359,14 +373,21 @@ def measure(
     note = device_note(table, s) if table else None
     if note:
         err.print(note, highlight=False)
-    with progress_bar("measure") as update:
-        if model.suffix == ".onnx":
-            if not model.exists():
-                raise UsageError(f"{model}: no such ONNX file")
-            ms, pred = measure_onnx(model, s, update), None
-        else:
-            a = _arch_or_onnx(model)
-            pred = table.predict(a).total_ms if table else None
+    if _is_onnx(model):
+        from hwnas.export import arch_from_metadata, read_metadata, timing_copy
+
+        meta = read_metadata(model)  # one line if missing or not ONNX
+        pred = None
+        if table is not None:  # the prediction needs the arch: from the metadata of hwnas export
+            fix = "measure it without --lut, or pass the arch JSON"
+            pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
+        # a dynamic batch axis is timed at the settings' batch
+        with timing_copy(model, s.batch) as timed, progress_bar("measure") as update:
+            ms = measure_onnx(timed, s, update)
+    else:
+        a = _arch_or_onnx(model)
+        pred = table.predict(a).total_ms if table else None
+        with progress_bar("measure") as update:
             ms = measure_archs([a], s, update)[0]
     res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s)}
     if as_json:
@@ -376,6 +397,119 @@ def measure(
     if pred is not None:
         line += f"; predicted {pred:.3f} ms ({(pred / ms - 1) * 100:+.1f}%)"
     out.print(line)
+
+
+@app.command()
+@user_errors
+def export(
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="ONNX file to write (with --check-only: the file to check).")
+    ],
+    arch: Annotated[
+        Path | None,
+        typer.Argument(help="Arch JSON (hwnas search or sample); optional with --check-only."),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", "-w", help="Weights from hwnas train (default: untrained, random init)."),
+    ] = None,
+    lut: Annotated[
+        Path | None,
+        typer.Option("--lut", "-l", help="Record and print this LUT's prediction; time with its settings."),
+    ] = None,
+    check_only: Annotated[
+        bool,
+        typer.Option(
+            "--check-only", help="Re-verify an existing file instead (with --weights: output parity with torch)."
+        ),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing ONNX file.")] = False,
+    time_it: Annotated[
+        bool, typer.Option("--time/--no-time", help="Time the ONNX file and the torch network end to end.")
+    ] = True,
+    device: Annotated[
+        Device | None, typer.Option(help="cpu or cuda for timing (default: the LUT's, else cpu).")
+    ] = None,
+    threads: ThreadsOpt = None,
+    batch: BatchOpt = None,
+    rounds: RoundsOpt = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random init when no --weights are given.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Export a derived network to ONNX, verified against torch, with its arch in the metadata.
+
+    Example: hwnas export runs/proxyless-binary-5ms/arch.json --weights runs/proxyless-binary-5ms/train/best.pt -o model.onnx --lut latency_tables/cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv
+    """
+    from hwnas.arch import Arch
+    from hwnas.export import PARITY_ATOL, check_model, check_out_path, export_model, time_result
+    from hwnas.lut import LUT
+    from hwnas.measure import device_note, settings_from_lut
+    from hwnas.profiling.profile import ProfileSettings, check_target
+
+    if check_only:
+        r = check_model(out_path, Arch.load(arch) if arch else None, weights)
+        if as_json:
+            out.print_json(json.dumps(r.to_dict()))
+            return
+        lines = [f"checked {out_path}:", *(f"  ok: {c}" for c in r.checked)]
+        lines += [f"  not checked: {u}" for u in r.unchecked]
+        out.print("\n".join(lines), highlight=False)
+        return
+    if arch is None:
+        raise UsageError("export needs the arch JSON: hwnas export ARCH -o MODEL.onnx (only --check-only goes without)")
+    check_out_path(out_path, force)  # before any work
+    a = Arch.load(arch)
+    table = LUT.load(lut) if lut else None
+    over = {"device": device.value if device else None, "threads": threads, "batch": batch, "rounds": rounds}
+    given = {k: v for k, v in over.items() if v is not None}
+    s = settings_from_lut(table, **over) if table else ProfileSettings(**given)
+    if time_it:
+        check_target(s)
+        note = device_note(table, s) if table else None
+        if note:
+            err.print(note, highlight=False)
+    r = export_model(a, out_path, weights, table, force, seed)
+    for n in r.notes:
+        err.print(n, highlight=False)
+    if time_it:
+        with progress_bar("time ONNX Runtime and torch") as update:
+            time_result(r, s, update)
+    if as_json:
+        out.print_json(json.dumps(r.to_dict()))
+        return
+    w = r.weights
+    if r.trained:
+        acc = f", test accuracy {w['test_acc'] * 100:.2f}%" if w.get("test_acc") is not None else ""
+        wdesc = f"trained weights {w['file']} (epoch {w['epoch']}{acc})"
+    else:
+        wdesc = f"UNTRAINED weights (random init, seed {seed}; pass --weights from hwnas train)"
+    c, h = r.arch.input[0], r.arch.input[1]
+    lines = [
+        f"wrote {r.path} ({r.bytes / 1e6:.2f} MB, ONNX opset {r.opset}, input batch x {c} x {h} x {h}, batch axis dynamic)",
+        f"  network: {r.arch.kind} arch of space {r.arch.space}, {wdesc}",
+        f"  batch norm: {r.bn_folded} folded into convolutions, {r.bn_left} left in the graph",
+        f"  verified: onnx.checker ok; ONNX Runtime vs torch max |diff| {r.max_abs_diff:.2g} <= {PARITY_ATOL:g} "
+        f"at batch {', '.join(map(str, r.batches))}",
+        f"  cost: {r.macs / 1e6:.1f} M MACs, {r.params / 1e6:.3f} M params",
+    ]
+    if r.measured_ms is not None and r.torch_ms is not None:
+        measured = r.measured_ms if s.backend == "onnxruntime" else r.torch_ms
+        lat = f"  latency ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}): measured {measured:.3f} ms"
+        if r.predicted_ms is not None:
+            lat += f", predicted {r.predicted_ms:.3f} ms ({(r.predicted_ms / measured - 1) * 100:+.1f}%)"
+        if r.budget_ms is not None:
+            lat += f", budget {r.budget_ms:.3f} ms (measured {'within' if measured <= r.budget_ms else 'OVER'})"
+        lines.append(lat)
+        lines.append(
+            f"  ONNX Runtime {r.measured_ms:.3f} ms vs torch eager {r.torch_ms:.3f} ms: ORT/torch {r.measured_ms / r.torch_ms:.2f}x"
+        )
+    else:
+        if r.predicted_ms is not None:
+            lines.append(f"  predicted {r.predicted_ms:.3f} ms on {r.lut} (not timed: --no-time)")
+        if r.budget_ms is not None:
+            lines.append(f"  budget {r.budget_ms:.3f} ms")
+    lines.append(f"  metadata: {', '.join('hwnas.' + k for k in r.meta)}")
+    out.print("\n".join(lines), highlight=False)
 
 
 @app.command("validate-lut")
@@ -531,6 +665,8 @@ def search(
         raise UsageError(
             f"{run / 'arch.json'} exists; pass --force to overwrite, --resume to continue, or another --out"
         )
+    if resume and not (run / "checkpoint.pt").exists():
+        err.print(f"note: no checkpoint.pt in {run} yet; starting from the beginning", highlight=False)
     cfg = SearchConfig(
         space=space, strategy=strategy.value, hard=hard, unrolled=unrolled, loss=loss.value, budget_ms=budget,
         budget_floor=budget_floor,
@@ -560,6 +696,82 @@ def search(
         f"(fastest possible {i['min_latency_ms']:.3f} ms; derived {i['derived_ms']:.3f} ms, {i['budget_swaps']} swap(s) to fit the budget)\n"
         f"accuracy was learned at the data set's {i['trained_at_px']} px; latency is priced at the deployment input "
         f"{arch.input[1]} px. History: {run / 'history.csv'}"
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    arch: Annotated[Path, typer.Argument(help="Arch JSON (from hwnas search or hwnas sample).")],
+    epochs: Annotated[int, typer.Option(min=1, max=10000)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 64,
+    lr: Annotated[float, typer.Option(min=1e-6, max=10.0, help="Learning rate (SGD, momentum 0.9, cosine).")] = 0.025,
+    dataset: Annotated[
+        str, typer.Option(help="fashion-mnist (default, offline from Debian's package), cifar10 or imagefolder.")
+    ] = "fashion-mnist",
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Where the data set's files are.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=4, help="Use at most this many training images (default: all).")
+    ] = None,
+    test_limit: Annotated[
+        int | None, typer.Option("--test-limit", min=1, help="Test images used (default: all).")
+    ] = None,
+    cells: Annotated[
+        int | None, typer.Option(min=3, help="DARTS: cells in the trained net (default: the arch's).")
+    ] = None,
+    channels: Annotated[
+        int | None, typer.Option(min=1, help="DARTS: initial channels C (default: the arch's).")
+    ] = None,
+    auxiliary: Annotated[
+        float, typer.Option(min=0.0, max=10.0, help="DARTS: auxiliary head loss weight (0: off; DARTS uses 0.4).")
+    ] = 0.0,
+    drop_path: Annotated[
+        float, typer.Option("--drop-path", min=0.0, max=0.99, help="DARTS: final drop-path probability (DARTS: 0.2).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed; a CPU run with the same seed ends with the same weights.")] = 0,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output directory (default: <arch's directory>/train).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the output directory's last.pt.")] = False,
+    force: Annotated[bool, typer.Option(help="Start over in an output directory that holds a run.")] = False,
+) -> None:
+    """Train a derived network from scratch; writes best.pt (for hwnas export), result.json with the test accuracy.
+
+    Example: hwnas train runs/quickstart/arch.json --epochs 30
+    """
+    from hwnas.arch import Arch
+    from hwnas.train import TrainConfig, run_train
+
+    a = Arch.load(arch)
+    run = out_dir or arch.parent / "train"
+    held = [n for n in ("last.pt", "best.pt", "result.json") if (run / n).exists()]
+    if held and not (force or resume):
+        raise UsageError(
+            f"{run} holds a training run ({', '.join(held)}); pass --resume to continue it, --force to start over, or another --out"
+        )
+    if resume and not (run / "last.pt").exists():
+        err.print(f"note: no last.pt in {run} yet; starting from the beginning", highlight=False)
+    cfg = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
+        limit=limit, test_limit=test_limit, cells=cells, channels=channels, auxiliary=auxiliary, drop_path=drop_path,
+        seed=seed,
+    )  # fmt: skip
+    cols = [
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+    ]  # fmt: skip
+    with Progress(*cols, console=err) as prog:
+        task = prog.add_task("train", total=epochs, info="")
+
+        def update(st: dict[str, Any]) -> None:
+            info = f"loss {st['loss']:.3f} acc {st['train_acc']:.3f} val {st['val_acc']:.3f} (best {st['best_val_acc']:.3f})"
+            prog.update(task, completed=st["epoch"], info=info)
+
+        res = run_train(a, cfg, run, update, resume=resume)
+    out.print(
+        f"test accuracy {res.test_acc:.4f} (best epoch {res.best_epoch}, validation {res.best_val_acc:.4f}; "
+        f"{res.params / 1e6:.3f} M params; {res.seconds:.0f} s)\n"
+        f"wrote {run / 'best.pt'} and {run / 'result.json'}; next: hwnas export {arch} --weights {run / 'best.pt'} -o model.onnx"
     )
 
 

@@ -266,7 +266,7 @@ def run_search(
     ckpt_path = out_dir / "checkpoint.pt"
     history: list[dict[str, Any]] = []
     start = 0
-    if resume:
+    if resume and ckpt_path.exists():
         start, history = _load_checkpoint(ckpt_path, cfg, net, w_opt, a_opt, sched, dual)
     else:
         atomic_write(out_dir / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
