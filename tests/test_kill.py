@@ -243,3 +243,79 @@ def test_search_killed_again_and_again_writes_what_an_uninterrupted_run_writes(
     assert final.finish() == 0, final.stderr()
     for name in ("arch.json", "history.csv", "config.json"):
         assert (run / name).read_bytes() == (ref / name).read_bytes(), f"{name} differs from the uninterrupted run"
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+
+def _train_cmd(arch: Path, data: Path, out: Path) -> list[str]:
+    # always --resume: a run killed before its first last.pt starts afresh (with a note)
+    return ["train", str(arch), "--epochs", str(EPOCHS), "--limit", "512", "--batch-size", "8", "--data-dir",
+            str(data), "--seed", "5", "--out", str(out), "--resume"]  # fmt: skip
+
+
+def _result(run: Path) -> dict:
+    doc = json.loads((run / "result.json").read_text())
+    for volatile in ("seconds", "arch", "weights"):
+        doc.pop(volatile)
+    return doc
+
+
+def _check_train_outputs(run: Path, ref: Path) -> None:
+    """At any kill point every file of the run is absent or whole, and agrees with the reference."""
+    import torch
+
+    if (run / "history.csv").exists():
+        assert (ref / "history.csv").read_bytes().startswith((run / "history.csv").read_bytes())
+    for name in ("best.pt", "last.pt"):
+        if (run / name).exists():
+            assert isinstance(torch.load(run / name, weights_only=True), dict)
+    if (run / "arch.json").exists():
+        assert (run / "arch.json").read_bytes() == (ref / "arch.json").read_bytes()
+
+
+def test_train_killed_again_and_again_ends_with_the_weights_of_an_uninterrupted_run(
+    tmp_path: Path, search_inputs: tuple[Path, Path, dict[str, str]]
+) -> None:
+    import torch
+
+    from hwnas.weights import load_weights
+
+    data, _, env = search_inputs
+    arch = tmp_path / "arch.json"
+    arch.write_text(load_space("tiny").with_params(in_channels=1, num_classes=10).sample(random.Random(7)).to_json())
+    ref = tmp_path / "ref"
+    whole = _start(_train_cmd(arch, data, ref), tmp_path / "ref.log", env)
+    _wait(lambda: (ref / "config.json").exists(), whole)
+    startup = time.monotonic() - whole.started
+    assert whole.finish() == 0, whole.stderr()
+    epoch = (time.monotonic() - whole.started - startup) / EPOCHS
+
+    rng = random.Random(4242)
+    run = tmp_path / "run"
+    landed = runs = 0
+    kills: list[str] = []
+    while landed < KILLS:
+        proc = _start(_train_cmd(arch, data, run), tmp_path / f"train-{runs}.log", env)
+        runs += 1
+        done = _epochs_done(run)
+        mode = rng.choice(["start-up", "inside an epoch", "after a checkpoint"])
+        if mode == "after a checkpoint" and EPOCHS - done < 3:
+            mode = "inside an epoch"
+        if mode == "after a checkpoint":
+            _wait(lambda done=done: _epochs_done(run) > done, proc)
+            time.sleep(rng.uniform(0.0, 0.5 * epoch))
+        elif mode == "start-up":
+            time.sleep(rng.uniform(0.1, startup))
+        else:
+            time.sleep(rng.uniform(startup, startup + 0.9 * epoch))
+        landed += proc.kill()
+        kills.append(f"{mode} at {time.monotonic() - proc.started:.2f}s: epochs {done}->{_epochs_done(run)}")
+        _check_train_outputs(run, ref)
+    assert _epochs_done(run) > 0, f"no run lived past a checkpoint, so none resumed from one: {kills}"
+    final = _start(_train_cmd(arch, data, run), tmp_path / "train-final.log", env)
+    assert final.finish() == 0, final.stderr()
+    assert (run / "history.csv").read_bytes() == (ref / "history.csv").read_bytes()
+    assert _result(run) == _result(ref)
+    a, b = load_weights(ref / "best.pt").state_dict, load_weights(run / "best.pt").state_dict
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"weights differ after {kills}"
