@@ -12,6 +12,10 @@ budget is kept, and not left unused.
 Files in the run directory (all written atomically): ``arch.json`` (the result), ``history.csv``
 (one row per epoch: loss, accuracy, E[lat], lam, tau and every choice's probability),
 ``checkpoint.pt`` (after every epoch; ``--resume`` continues from it), ``config.json``.
+
+Under ``torchrun`` the same search runs data-parallel (:mod:`hwnas.distributed`): the batch size
+is global, every process runs a shard of each batch and samples the same paths, gradients are
+averaged, only rank 0 writes; a checkpoint resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +43,11 @@ from hwnas.space import Choice, Space, load_space
 from hwnas.strategies import Binary, make_strategy
 from hwnas.supernet import Supernet, _edge_index, _edge_of, fastest_choices, row_costs, structure
 from hwnas.unrolled import unrolled_arch_grad
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from hwnas.distributed import Dist
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -236,9 +245,33 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 def run_search(
     cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None = None, resume: bool = False
 ) -> Arch:
-    """Search, derive, repair, write ``arch.json`` (and history, checkpoint) to ``out_dir``."""
+    """Search, derive, repair, write ``arch.json`` (and history, checkpoint) to ``out_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1, or with a process group already initialised) the
+    search runs data-parallel (:mod:`hwnas.distributed`): ``cfg.batch_size`` is the global batch,
+    every process runs its shard of it, gradients are averaged, and only rank 0 writes files and
+    calls ``progress``; every process returns the same arch. The checkpoint does not depend on the
+    number of processes: ``resume`` continues on any number of them.
+    """
+    from hwnas.distributed import session
+
+    with session() as dist:
+        return _run_search(cfg, lut, out_dir, progress, resume, dist)
+
+
+def _run_search(
+    cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None, resume: bool, dist: Dist | None
+) -> Arch:
     from hwnas.data import load_dataset, make_loader, search_split
 
+    main = dist is None or dist.is_main
+    if dist is not None and cfg.unrolled:
+        raise HwnasError("--unrolled runs in one process only; start it without torchrun")
+    if dist is not None and cfg.batch_size < dist.world:
+        raise HwnasError(
+            f"--batch-size is the global batch ({cfg.batch_size}); with {dist.world} processes it must be at least "
+            f"{dist.world}, better a multiple of it"
+        )
     _seed_all(cfg.seed)
     ds, info = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, train=True)
     deploy, train_sp = spaces_for(cfg, info.in_channels, info.num_classes, info.image_size)
@@ -257,36 +290,39 @@ def run_search(
             f"--latency-budget {cfg.budget_ms:.4g} ms is below the fastest network of {deploy.describe()} on this LUT "
             f"({floor:.4g} ms); ask for at least that"
         )
+    device = dist.device if dist is not None else torch.device("cpu")
+    net.to(device)
     objective = get_objective(cfg.loss)
     dual = DualLambda(cfg.lam0, cfg.dual_lr)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=cfg.lr, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, max(1, cfg.epochs))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / "checkpoint.pt"
     history: list[dict[str, Any]] = []
     start = 0
-    if resume and ckpt_path.exists():
-        start, history = _load_checkpoint(ckpt_path, cfg, net, w_opt, a_opt, sched, dual)
-    else:
+    saved = ckpt_path.read_bytes() if resume and main and ckpt_path.exists() else None
+    if dist is not None:  # rank 0's checkpoint for everyone: no shared file system needed
+        saved = dist.broadcast_bytes(saved)
+    if saved is not None:
+        start, history = _load_checkpoint(ckpt_path, cfg, net, w_opt, a_opt, sched, dual, saved)
+    elif main:
         atomic_write(out_dir / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
+    if dist is not None:
+        from hwnas.distributed import broadcast_state
+
+        broadcast_state(net, dist)  # the same start everywhere, whatever happened before
     half_w, half_a = search_split(ds, cfg.seed, 0.5, cfg.limit)
     for epoch in range(start, cfg.epochs):
         strategy.tau = cfg.tau0 * cfg.tau_decay**epoch
         lw = make_loader(half_w, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.workers)
         la = make_loader(half_a, cfg.batch_size, True, cfg.seed * 1000 + epoch + 500, cfg.workers)
         net.train()
-        tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
-        for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
-            # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
-            check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
-            e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
-            loss, logits = weight_step(net, w_opt, (x, y), check)
-            tot["loss"] += float(loss.detach()) * len(y)
-            tot["correct"] += int((logits.argmax(1) == y).sum())
-            tot["seen"] += len(y)
-            tot["e_lat_ms"] += e_lat
-            tot["steps"] += 1
+        if dist is None:
+            tot = _epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path)
+        else:
+            tot = _distributed_epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path, dist)
         sched.step()
         stats = {
             "loss": tot["loss"] / max(1, tot["seen"]), "train_acc": tot["correct"] / max(1, tot["seen"]),
@@ -294,10 +330,11 @@ def run_search(
             "tau": strategy.tau,
         }  # fmt: skip
         history.append(_history_row(net, epoch, stats))
-        _write_history(out_dir / "history.csv", history)
-        _save_checkpoint(ckpt_path, epoch + 1, cfg, net, w_opt, a_opt, sched, dual, history)
-        if progress:
-            progress({"epoch": epoch + 1, "epochs": cfg.epochs, **stats})
+        if main:
+            _write_history(out_dir / "history.csv", history)
+            _save_checkpoint(ckpt_path, epoch + 1, cfg, net, w_opt, a_opt, sched, dual, history)
+            if progress:
+                progress({"epoch": epoch + 1, "epochs": cfg.epochs, **stats})
     derived = net.derive()
     arch, swaps = fit_to_budget(net, derived, lut, cfg.budget_ms, cfg.budget_floor)
     pred = lut.predict(arch).total_ms
@@ -308,8 +345,78 @@ def run_search(
         lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), budget_swaps=swaps, derived_ms=lut.predict(derived).total_ms,
         width_mult=deploy.width_mult, min_latency_ms=floor,
     )  # fmt: skip
-    atomic_write(out_dir / "arch.json", arch.to_json().encode())
+    if main:
+        atomic_write(out_dir / "arch.json", arch.to_json().encode())
     return arch
+
+
+def _epoch(
+    net: Supernet,
+    cfg: SearchConfig,
+    objective: Callable[..., torch.Tensor],
+    dual: DualLambda,
+    a_opt: torch.optim.Optimizer,
+    w_opt: torch.optim.SGD,
+    lw: DataLoader,
+    la: DataLoader,
+    epoch: int,
+    ckpt_path: Path,
+) -> dict[str, float]:
+    """One epoch in one process; returns its totals (``loss`` summed per example, ``correct``,
+    ``seen``, ``e_lat_ms`` summed per step, ``steps``)."""
+    tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
+    for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
+        # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
+        check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
+        e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
+        loss, logits = weight_step(net, w_opt, (x, y), check)
+        tot["loss"] += float(loss.detach()) * len(y)
+        tot["correct"] += int((logits.argmax(1) == y).sum())
+        tot["seen"] += len(y)
+        tot["e_lat_ms"] += e_lat
+        tot["steps"] += 1
+    return tot
+
+
+def _distributed_epoch(
+    net: Supernet,
+    cfg: SearchConfig,
+    objective: Callable[..., torch.Tensor],
+    dual: DualLambda,
+    a_opt: torch.optim.Optimizer,
+    w_opt: torch.optim.SGD,
+    lw: DataLoader,
+    la: DataLoader,
+    epoch: int,
+    ckpt_path: Path,
+    dist: Dist,
+) -> dict[str, float]:
+    """One epoch of this process's shards of the single-process loaders ``lw`` and ``la``.
+
+    Returns the epoch's totals over every process (``loss`` summed per example, ``correct``,
+    ``seen``, ``e_lat_ms`` summed per step, ``steps``); afterwards the BatchNorm running statistics
+    are averaged over the processes and the parameters checked to be the same on all of them.
+    """
+    from hwnas.distributed import average_bn_stats, check_lockstep, shard_loader
+
+    dev = dist.device
+    local = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, seen: this shard's
+    e_sum, steps = 0.0, 0
+    shards = zip(shard_loader(lw, dist.rank, dist.world), shard_loader(la, dist.rank, dist.world), strict=False)
+    for step, (batch, val) in enumerate(shards):
+        x, y, w = (t.to(dev, non_blocking=True) for t in batch)
+        xa, ya, wa = (t.to(dev, non_blocking=True) for t in val)
+        check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
+        e_sum += arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya, wa), check, dist=dist)
+        _, logits = weight_step(net, w_opt, (x, y, w), check, dist=dist)
+        with torch.no_grad():
+            ce = F.cross_entropy(logits, y, reduction="none")
+            local += torch.stack([(ce * w).sum(), ((logits.argmax(1) == y).float() * w).sum(), w.sum()]).double().cpu()
+        steps += 1
+    loss, correct, seen = dist.all_reduce_sum(local).tolist()
+    average_bn_stats(net, dist)
+    check_lockstep([*net.parameters(), torch.get_rng_state()], dist)  # same weights, logits and RNG stream
+    return {"loss": loss, "correct": round(correct), "seen": round(seen), "e_lat_ms": e_sum, "steps": steps}
 
 
 def arch_step(
@@ -318,17 +425,22 @@ def arch_step(
     objective: Callable[..., torch.Tensor],
     dual: DualLambda,
     budget_ms: float,
-    val_batch: tuple[torch.Tensor, torch.Tensor],
+    val_batch: tuple[torch.Tensor, ...],
     check: Callable[[torch.Tensor], None],
     train_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
     w_opt: torch.optim.SGD | None = None,
     unrolled: bool = False,
+    dist: Dist | None = None,
 ) -> float:
     """One architecture step on ``val_batch``: CE + latency term, backward into the logits only,
     optimiser step, binary's rescale, dual ascent on lam. Returns E[lat] (ms) after the step.
 
     ``unrolled`` takes DARTS's second-order gradient (needs ``train_batch`` and ``w_opt``).
     ``check`` is called on the loss before it is used (it raises on NaN / inf).
+
+    With ``dist`` (data-parallel, first order only), ``val_batch`` is this process's shard
+    ``(x, y, weight)``: the CE is the global batch's mean (:func:`hwnas.distributed.global_mean`)
+    and the logits' gradients are averaged over the processes before the optimiser step.
     """
     strategy = net.strategy
     strategy.phase = "arch"
@@ -336,7 +448,19 @@ def arch_step(
     def arch_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return objective(F.cross_entropy(logits, target), net.expected_latency_ms(), budget_ms, dual.value)
 
-    if unrolled:
+    if dist is not None:
+        from hwnas.distributed import average_grads, global_mean
+
+        if unrolled:
+            raise ValueError("the unrolled step runs in one process only")
+        x, y, w = val_batch  # type: ignore[misc]
+        ce = global_mean(F.cross_entropy(net(x), y, reduction="none"), w, dist)
+        a_loss = objective(ce, net.expected_latency_ms(), budget_ms, dual.value)
+        check(a_loss)
+        a_opt.zero_grad(set_to_none=True)
+        a_loss.backward(inputs=net.arch_parameters())
+        average_grads(net.arch_parameters(), dist)
+    elif unrolled:
         if train_batch is None or w_opt is None:
             raise ValueError("the unrolled step needs the training batch and the weight optimiser")
         check(unrolled_arch_grad(net, train_batch, val_batch, w_opt, arch_loss))
@@ -361,17 +485,31 @@ def arch_step(
 def weight_step(
     net: Supernet,
     w_opt: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, torch.Tensor],
+    batch: tuple[torch.Tensor, ...],
     check: Callable[[torch.Tensor], None],
+    dist: Dist | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One weight step on ``batch`` (no gradient clipping: clipping at 5, DARTS's value, stalled
-    learning on Fashion-MNIST). Returns the (detached) loss and the logits."""
+    learning on Fashion-MNIST). Returns the (detached) loss and the logits.
+
+    With ``dist`` (data-parallel), ``batch`` is this process's shard ``(x, y, weight)``: the loss
+    is the global batch's mean (the value returned, the same on every process), the weights'
+    gradients are averaged over the processes, and the logits are this shard's."""
     net.strategy.phase = "weights"
     logits = net(batch[0])
-    loss = F.cross_entropy(logits, batch[1])
+    if dist is None:
+        loss = F.cross_entropy(logits, batch[1])
+    else:
+        from hwnas.distributed import global_mean
+
+        loss = global_mean(F.cross_entropy(logits, batch[1], reduction="none"), batch[2], dist)
     check(loss)
     w_opt.zero_grad(set_to_none=True)
     loss.backward()
+    if dist is not None:
+        from hwnas.distributed import average_grads
+
+        average_grads([p for g in w_opt.param_groups for p in g["params"]], dist)
     w_opt.step()
     return loss.detach(), logits.detach()
 
@@ -392,16 +530,25 @@ def _save_checkpoint(
         "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "sched": sched.state_dict(),
         "dual": dual.state_dict(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
     }  # fmt: skip
+    # world-size independent: global batches, one RNG stream, averaged BN statistics (hwnas.distributed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the strategies sample on the GPU there
+        state["cuda_rng"] = torch.cuda.get_rng_state()
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())
 
 
-def _load_checkpoint(path: Path, cfg: SearchConfig, net: Supernet, w_opt, a_opt, sched, dual):
-    if not path.exists():
+def _load_checkpoint(
+    path: Path, cfg: SearchConfig, net: Supernet, w_opt, a_opt, sched, dual, data: bytes | None = None
+):
+    """Restore a checkpoint (``data``: its bytes, else read from ``path``) into the search's state;
+    returns (epochs done, history). Tensors load onto the CPU, then into ``net``'s device."""
+    from hwnas.distributed import load_bytes
+
+    if data is None and not path.exists():
         raise HwnasError(f"--resume: {path} does not exist; start without --resume")
     try:
-        state = torch.load(path, weights_only=True)
+        state = load_bytes(path.read_bytes() if data is None else data)
         if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
             raise HwnasError(f"--resume: {path} was written by a search with other settings; use the same options")
         net.load_state_dict(state["model"])
@@ -410,6 +557,8 @@ def _load_checkpoint(path: Path, cfg: SearchConfig, net: Supernet, w_opt, a_opt,
         sched.load_state_dict(state["sched"])
         dual.load_state_dict(state["dual"])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
         return int(state["epoch"]), json.loads(state["history"])
     except HwnasError:
         raise
