@@ -15,6 +15,20 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   fi
 fi
 
+# hwnas report draws DARTS cells with graphviz's dot (without it: a plainer matplotlib drawing); its
+# test opens a report in headless Chromium (skipped without it). Both optional.
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  missing=""
+  for pkg in graphviz chromium; do
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" = "install ok installed" ] || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    # shellcheck disable=SC2086
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } \
+      || echo "install.sh: warning: could not install Debian's$missing; hwnas report draws DARTS cells without dot, the browser test skips" >&2
+  fi
+fi
+
 if [ -z "${HWNAS_KEEP_TORCH:-}" ]; then
   case "$(uname -m)" in
     aarch64|arm64) TORCH="torch==2.9.1 torchvision==0.24.1" ;;

@@ -625,7 +625,12 @@ def search(
         typer.Option(help="Latency term: hinge (lam adapts by dual ascent), add, or mul-log (FBNet/ProxylessNAS)."),
     ] = LossName.hinge,
     epochs: Annotated[int, typer.Option(min=1, max=10000)] = 3,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=4096)] = 32,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size", min=1, max=4096, help="Global batch; under torchrun each process runs its share of it."
+        ),
+    ] = 32,
     lr: Annotated[float, typer.Option(min=1e-6, max=10.0, help="Weights learning rate (SGD, cosine).")] = 0.05,
     arch_lr: Annotated[
         float, typer.Option("--arch-lr", min=1e-6, max=10.0, help="Architecture learning rate (Adam).")
@@ -649,8 +654,11 @@ def search(
     """Differentiable hardware-aware search under a latency budget; writes RUN/arch.json.
 
     Example: hwnas search --space proxyless --strategy binary --latency-budget 5ms --lut latency_tables/cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv
+
+    Data-parallel: torchrun --nproc-per-node 4 -m hwnas search ... (only rank 0 writes and reports).
     """
     from hwnas.budget import format_ms, parse_budget_ms
+    from hwnas.distributed import env_rank
     from hwnas.lut import LUT
     from hwnas.search import SearchConfig, run_search
 
@@ -665,7 +673,8 @@ def search(
         raise UsageError(
             f"{run / 'arch.json'} exists; pass --force to overwrite, --resume to continue, or another --out"
         )
-    if resume and not (run / "checkpoint.pt").exists():
+    main = env_rank() == 0  # under torchrun only rank 0 reports; everywhere else this is the one process
+    if resume and main and not (run / "checkpoint.pt").exists():
         err.print(f"note: no checkpoint.pt in {run} yet; starting from the beginning", highlight=False)
     cfg = SearchConfig(
         space=space, strategy=strategy.value, hard=hard, unrolled=unrolled, loss=loss.value, budget_ms=budget,
@@ -679,7 +688,7 @@ def search(
         TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
         TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
     ]  # fmt: skip
-    with Progress(*cols, console=err) as prog:
+    with Progress(*cols, console=err, disable=not main) as prog:
         task = prog.add_task("search", total=epochs, info="")
 
         def update(st: dict[str, Any]) -> None:
@@ -691,6 +700,8 @@ def search(
 
         arch = run_search(cfg, table, run, update, resume=resume)
     i = arch.info
+    if not main:
+        return
     out.print(
         f"wrote {run / 'arch.json'}: predicted {i['predicted_ms']:.3f} ms <= budget {i['budget_ms']:.3f} ms on {table.describe()} "
         f"(fastest possible {i['min_latency_ms']:.3f} ms; derived {i['derived_ms']:.3f} ms, {i['budget_swaps']} swap(s) to fit the budget)\n"
@@ -773,6 +784,33 @@ def train(
         f"{res.params / 1e6:.3f} M params; {res.seconds:.0f} s)\n"
         f"wrote {run / 'best.pt'} and {run / 'result.json'}; next: hwnas export {arch} --weights {run / 'best.pt'} -o model.onnx"
     )
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory of hwnas search (holds arch.json).")],
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="HTML file to write (replaced if there); the PNGs go beside it. Default: RUN_DIR/report/report.html.",
+        ),
+    ] = None,
+) -> None:
+    """One self-contained HTML report of a run: probabilities, latency vs budget, curves, the derived net, fidelity.
+
+    Example: hwnas report runs/quickstart
+    """
+    from hwnas.report import build_report
+
+    r = build_report(run_dir, out_path)
+    out.print(f"wrote {r.html} ({len(r.images)} pictures embedded, PNGs beside it)", highlight=False)
+    for line in (*r.problems, *r.notes):
+        err.print(f"note: {line}", highlight=False)
+    for m in r.missing:
+        out.print(f"  not in this run: {m}", highlight=False)
 
 
 @app.command()
