@@ -9,7 +9,8 @@
 #  4. train the derived network briefly (2 epochs on 10,000 images) and print its test accuracy;
 #  5. export it to ONNX, verified against torch, and print measured vs predicted latency vs the
 #     budget and ONNX Runtime vs torch eager;
-#  6. print the LUT's fidelity report.
+#  6. print the LUT's fidelity report;
+#  7. write the run's report (runs/quickstart/report/report.html, PNGs beside it).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash install.sh
@@ -22,4 +23,6 @@ hwnas search --space proxyless --strategy softmax --latency-budget p50 --lut "$L
 hwnas predict "$RUN/arch.json" --lut "$LUT"
 hwnas train "$RUN/arch.json" --epochs 2 --limit 10000 --test-limit 5000 --force
 hwnas export "$RUN/arch.json" --weights "$RUN/train/best.pt" -o "$RUN/model.onnx" --lut "$LUT" --rounds 5 --force
+hwnas measure "$RUN/arch.json" --lut "$LUT" --json > "$RUN/measure.json"
 hwnas validate-lut --lut "$LUT" --nets 20 --json "$RUN/fidelity.json"
+hwnas report "$RUN"

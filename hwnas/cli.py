@@ -70,17 +70,20 @@ def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks fo
 
 
 @contextmanager
-def progress_bar(what: str) -> Iterator[Callable[[int, int, str], None]]:
-    """A Rich progress bar on stderr; yields the ``progress(done, total, name)`` callback."""
+def progress_bar(
+    what: str, total: int | None = None, show: bool = True, width: int = 60
+) -> Iterator[Callable[[int, int, str], None]]:
+    """A Rich progress bar on stderr (hidden if not ``show``); yields the ``progress(done, total,
+    item)`` callback, ``item`` shown cut to ``width`` characters."""
     cols = [
         TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
     ]  # fmt: skip
-    with Progress(*cols, console=err, transient=False) as prog:
-        task = prog.add_task(what, total=None, item="")
+    with Progress(*cols, console=err, transient=False, disable=not show) as prog:
+        task = prog.add_task(what, total=total, item="")
 
         def update(done: int, total: int, name: str) -> None:
-            prog.update(task, completed=done, total=total, item=name[:60])
+            prog.update(task, completed=done, total=total, item=name[:width])
 
         yield update
 
@@ -684,19 +687,14 @@ def search(
         limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),
         width_mult=width_mult, seed=seed,
     )  # fmt: skip
-    cols = [
-        TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-    ]  # fmt: skip
-    with Progress(*cols, console=err, disable=not main) as prog:
-        task = prog.add_task("search", total=epochs, info="")
+    with progress_bar("search", epochs, show=main, width=200) as bar:
 
         def update(st: dict[str, Any]) -> None:
             info = (
                 f"loss {st['loss']:.3f} acc {st['train_acc']:.3f} E[lat] {st['e_lat_ms']:.3f}/{st['budget_ms']:.3f} ms "
                 f"lam {st['lam']:.3f} tau {st['tau']:.2f}"
             )
-            prog.update(task, completed=st["epoch"], info=info)
+            bar(st["epoch"], epochs, info)
 
         arch = run_search(cfg, table, run, update, resume=resume)
     i = arch.info
@@ -767,16 +765,11 @@ def train(
         limit=limit, test_limit=test_limit, cells=cells, channels=channels, auxiliary=auxiliary, drop_path=drop_path,
         seed=seed,
     )  # fmt: skip
-    cols = [
-        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-        TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-    ]  # fmt: skip
-    with Progress(*cols, console=err) as prog:
-        task = prog.add_task("train", total=epochs, info="")
+    with progress_bar("train", epochs, width=200) as bar:
 
         def update(st: dict[str, Any]) -> None:
             info = f"loss {st['loss']:.3f} acc {st['train_acc']:.3f} val {st['val_acc']:.3f} (best {st['best_val_acc']:.3f})"
-            prog.update(task, completed=st["epoch"], info=info)
+            bar(st["epoch"], epochs, info)
 
         res = run_train(a, cfg, run, update, resume=resume)
     out.print(

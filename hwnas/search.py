@@ -20,7 +20,6 @@ averaged, only rank 0 writes; a checkpoint resumes on any number of processes.
 
 from __future__ import annotations
 
-import csv
 import functools
 import io
 import json
@@ -39,6 +38,7 @@ from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
+from hwnas.profiling.runner import write_csv_atomic
 from hwnas.space import Choice, Space, load_space
 from hwnas.strategies import Binary, make_strategy
 from hwnas.supernet import Supernet, _edge_index, _edge_of, fastest_choices, row_costs, structure
@@ -234,14 +234,6 @@ def _history_row(net: Supernet, epoch: int, stats: dict[str, float]) -> dict[str
     return row
 
 
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue().encode())
-
-
 def run_search(
     cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None = None, resume: bool = False
 ) -> Arch:
@@ -331,7 +323,7 @@ def _run_search(
         }  # fmt: skip
         history.append(_history_row(net, epoch, stats))
         if main:
-            _write_history(out_dir / "history.csv", history)
+            write_csv_atomic(out_dir / "history.csv", history)
             _save_checkpoint(ckpt_path, epoch + 1, cfg, net, w_opt, a_opt, sched, dual, history)
             if progress:
                 progress({"epoch": epoch + 1, "epochs": cfg.epochs, **stats})

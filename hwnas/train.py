@@ -22,7 +22,6 @@ Files in the output directory, all written atomically:
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -41,6 +40,7 @@ from hwnas.arch import Arch
 from hwnas.data import load_dataset, make_loader, search_split
 from hwnas.errors import HwnasError
 from hwnas.lut import atomic_write
+from hwnas.profiling.runner import write_csv_atomic
 from hwnas.weights import load_into, save_weights
 
 STATE_FORMAT = "hwnas.train-state/1"
@@ -268,7 +268,7 @@ def run_train(
             else:
                 best_state = {k: v.detach().clone() for k, v in net.net.state_dict().items()}
         if out_dir is not None:
-            _write_history(out_dir / "history.csv", history)
+            write_csv_atomic(out_dir / "history.csv", history)
             _save_state(out_dir / "last.pt", epoch + 1, cfg, net, opt, sched, best_val, best_epoch, history)
         if progress:
             progress({**row, "epochs": cfg.epochs, "best_val_acc": best_val})
@@ -304,14 +304,6 @@ def train_arch(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, dataset=dataset,
                       data_dir=str(data_dir) if data_dir else None, limit=limit, test_limit=test_limit, seed=seed)  # fmt: skip
     return run_train(arch, cfg)
-
-
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write(path, buf.getvalue().encode())
 
 
 def _save_state(

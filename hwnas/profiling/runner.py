@@ -408,6 +408,15 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
+def write_csv_atomic(path: Path, rows: list[dict[str, object]]) -> None:
+    """Write ``rows`` (dicts with the same keys, in order) as a CSV with a header, atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue().encode())
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write ``data`` as indented JSON atomically (see :func:`atomic_write`)."""
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
