@@ -648,6 +648,9 @@ def search(
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
     seed: Annotated[int, typer.Option(help="Seed; a CPU search with the same seed writes the same arch.json.")] = 0,
+    device: Annotated[
+        Device, typer.Option(help="Train the supernet on cpu or cuda (under torchrun: each process's GPU).")
+    ] = Device.cpu,
     out_dir: Annotated[
         Path | None, typer.Option("--out", "-o", help="Run directory (default: runs/<space>-<strategy>-<budget>).")
     ] = None,
@@ -685,7 +688,7 @@ def search(
         budget_pct=float(pct.group(1)) if pct else None, epochs=epochs,
         batch_size=batch_size, lr=lr, arch_lr=arch_lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),
-        width_mult=width_mult, seed=seed,
+        width_mult=width_mult, seed=seed, device=device.value,
     )  # fmt: skip
     with progress_bar("search", epochs, show=main, width=200) as bar:
 
@@ -738,6 +741,7 @@ def train(
         float, typer.Option("--drop-path", min=0.0, max=0.99, help="DARTS: final drop-path probability (DARTS: 0.2).")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed; a CPU run with the same seed ends with the same weights.")] = 0,
+    device: Annotated[Device, typer.Option(help="Train on cpu or cuda (a GPU).")] = Device.cpu,
     out_dir: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output directory (default: <arch's directory>/train).")
     ] = None,
@@ -763,7 +767,7 @@ def train(
     cfg = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         limit=limit, test_limit=test_limit, cells=cells, channels=channels, auxiliary=auxiliary, drop_path=drop_path,
-        seed=seed,
+        seed=seed, device=device.value,
     )  # fmt: skip
     with progress_bar("train", epochs, width=200) as bar:
 

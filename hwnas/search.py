@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, gpu_memory_hint, training_device
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.profiling.runner import write_csv_atomic
@@ -81,6 +81,7 @@ class SearchConfig:
     width_mult: float | None = None
     seed: int = 0
     workers: int = 0
+    device: str = "cpu"  # where the supernet trains: cpu or cuda (under torchrun: each process's GPU)
 
 
 def _seed_all(seed: int) -> None:
@@ -282,7 +283,7 @@ def _run_search(
             f"--latency-budget {cfg.budget_ms:.4g} ms is below the fastest network of {deploy.describe()} on this LUT "
             f"({floor:.4g} ms); ask for at least that"
         )
-    device = dist.device if dist is not None else torch.device("cpu")
+    device = dist.device if dist is not None else training_device(cfg.device)
     net.to(device)
     objective = get_objective(cfg.loss)
     dual = DualLambda(cfg.lam0, cfg.dual_lr)
@@ -311,10 +312,11 @@ def _run_search(
         lw = make_loader(half_w, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.workers)
         la = make_loader(half_a, cfg.batch_size, True, cfg.seed * 1000 + epoch + 500, cfg.workers)
         net.train()
-        if dist is None:
-            tot = _epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path)
-        else:
-            tot = _distributed_epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path, dist)
+        with gpu_memory_hint(cfg.batch_size, f"search epoch {epoch + 1}", ckpt_path):
+            if dist is None:
+                tot = _epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path)
+            else:
+                tot = _distributed_epoch(net, cfg, objective, dual, a_opt, w_opt, lw, la, epoch, ckpt_path, dist)
         sched.step()
         stats = {
             "loss": tot["loss"] / max(1, tot["seen"]), "train_acc": tot["correct"] / max(1, tot["seen"]),
@@ -357,7 +359,9 @@ def _epoch(
     """One epoch in one process; returns its totals (``loss`` summed per example, ``correct``,
     ``seen``, ``e_lat_ms`` summed per step, ``steps``)."""
     tot = {"loss": 0.0, "correct": 0, "seen": 0, "e_lat_ms": 0.0, "steps": 0}
+    dev = next(net.weight_parameters()).device
     for step, ((x, y), (xa, ya)) in enumerate(zip(lw, la, strict=False)):
+        x, y, xa, ya = (t.to(dev, non_blocking=True) for t in (x, y, xa, ya))
         # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
         check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
         e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Subset
 
 from hwnas.arch import Arch
 from hwnas.data import load_dataset, make_loader, search_split
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, gpu_memory_hint, training_device
 from hwnas.lut import atomic_write
 from hwnas.profiling.runner import write_csv_atomic
 from hwnas.weights import load_into, save_weights
@@ -67,6 +67,7 @@ class TrainConfig:
     drop_path: float = 0.0  # DARTS only: final drop-path probability (DARTS uses 0.2)
     seed: int = 0
     workers: int = 0
+    device: str = "cpu"  # cpu or cuda
 
 
 @dataclass(frozen=True)
@@ -178,8 +179,10 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
 def _accuracy(net: TrainNet, ds: Dataset) -> float:
     net.eval()
     correct = total = 0
+    dev = next(net.parameters()).device
     with torch.no_grad():
         for x, y in make_loader(ds, 256, False, 0):
+            x, y = x.to(dev), y.to(dev)
             correct += int((net(x)[0].argmax(1) == y).sum())
             total += len(y)
     return correct / max(1, total)
@@ -212,7 +215,9 @@ def run_train(
         raise HwnasError(f"--drop-path must be in [0, 1), got {cfg.drop_path}")
     if cfg.drop_path > 0 and trained.kind != "cells":
         raise HwnasError("--drop-path applies to DARTS cell archs; this arch is a block network")
+    device = training_device(cfg.device)
     net = TrainNet(at_resolution(trained, info.in_channels, info.image_size), info.num_classes, cfg.auxiliary > 0)
+    net.to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, cfg.epochs))
     history: list[dict[str, Any]] = []
@@ -229,35 +234,14 @@ def run_train(
     for epoch in range(start, cfg.epochs):
         net.train()
         net.drop_prob = cfg.drop_path * epoch / max(1, cfg.epochs)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for step, (x, y) in enumerate(
-            make_loader(train_ds, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.workers)
-        ):
-            logits, aux = net(x)
-            loss = F.cross_entropy(logits, y)
-            if aux is not None:
-                loss = loss + cfg.auxiliary * F.cross_entropy(aux, y)
-            if not math.isfinite(float(loss.detach())):
-                last = (
-                    f"the last good state is {out_dir / 'last.pt'}"
-                    if out_dir and (out_dir / "last.pt").exists()
-                    else "no state was saved yet"
-                )
-                raise HwnasError(
-                    f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; {last} (lower --lr)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            opt.step()
-            loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(y)
+        loader = make_loader(train_ds, cfg.batch_size, True, cfg.seed * 1000 + epoch, cfg.workers)
+        saved = out_dir / "last.pt" if out_dir is not None else None
+        with gpu_memory_hint(cfg.batch_size, f"training epoch {epoch + 1}", saved):
+            loss_sum, correct, seen = _train_epoch(net, opt, loader, cfg, epoch, out_dir)
+            val_acc = _accuracy(net, val_ds)
         lr = opt.param_groups[0]["lr"]
         sched.step()
         loss_avg = loss_sum / max(1, seen)
-        val_acc = _accuracy(net, val_ds)
         row = {"epoch": epoch + 1, "loss": loss_avg, "train_acc": correct / max(1, seen), "val_acc": val_acc,
                "lr": lr, "drop_path": net.drop_prob}  # fmt: skip
         history.append(row)
@@ -287,6 +271,37 @@ def run_train(
                "arch": str(out_dir / "arch.json"), "weights": str(out_dir / "best.pt")}  # fmt: skip
         atomic_write(out_dir / "result.json", (json.dumps(doc, indent=2) + "\n").encode())
     return res
+
+
+def _train_epoch(
+    net: TrainNet, opt: torch.optim.Optimizer, loader: Any, cfg: TrainConfig, epoch: int, out_dir: Path | None
+) -> tuple[float, int, int]:
+    """One epoch of SGD on ``loader`` (batches moved to the net's device); returns the loss summed
+    per example, the examples classified right and the examples seen. A non-finite loss stops
+    the run with one line naming the step and the last saved state."""
+    dev = next(net.parameters()).device
+    loss_sum, correct, seen = 0.0, 0, 0
+    for step, (x, y) in enumerate(loader):
+        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+        logits, aux = net(x)
+        loss = F.cross_entropy(logits, y)
+        if aux is not None:
+            loss = loss + cfg.auxiliary * F.cross_entropy(aux, y)
+        if not math.isfinite(float(loss.detach())):
+            saved = out_dir is not None and (out_dir / "last.pt").exists()
+            last = f"the last good state is {out_dir / 'last.pt'}" if saved else "no state was saved yet"  # type: ignore[operator]
+            raise HwnasError(
+                f"the training loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; {last} (lower --lr)"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.detach().argmax(1) == y).sum())
+        seen += len(y)
+    return loss_sum, correct, seen
 
 
 def train_arch(

@@ -152,3 +152,38 @@ def test_cli_resume_of_a_corrupt_state_is_one_line(data: Path, tmp_path: Path) -
     r = CliRunner().invoke(app, ["train", str(arch_path), "--epochs", "1", "--data-dir", str(data), "--resume"])
     assert r.exit_code == 1 and "delete it to start over" in r.output and "Traceback" not in r.output
     assert (tmp_path / "train" / "last.pt").read_bytes() == b"not a checkpoint"
+
+
+def test_cuda_without_a_gpu_is_one_line(data: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    arch_path = tmp_path / "arch.json"
+    arch_path.write_text(_arch("tiny").to_json())
+    r = CliRunner().invoke(app, ["train", str(arch_path), "--epochs", "1", "--data-dir", str(data), "--device", "cuda"])
+    assert r.exit_code == 1 and "no CUDA GPU" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("batch", [64, 1])
+def test_out_of_gpu_memory_names_a_smaller_batch(batch: int, data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A CUDA out-of-memory error (raised here by a patched forward) becomes one line with half the
+    batch size, and names the state --resume continues from once one exists."""
+    from hwnas import train as train_mod
+
+    calls = {"n": 0}
+    real = train_mod.TrainNet.forward
+    limit = 96 if batch > 1 else 8
+    first_epoch = -(-int(limit * 0.9) // batch)  # training batches in an epoch (90 % of limit)
+
+    def forward(self, x):
+        calls["n"] += self.training
+        if calls["n"] > first_epoch:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x)
+
+    monkeypatch.setattr(train_mod.TrainNet, "forward", forward)
+    cfg = TrainConfig(epochs=3, batch_size=batch, data_dir=str(data), limit=limit)
+    with pytest.raises(HwnasError) as e:
+        run_train(_arch("tiny"), cfg, tmp_path / "run")
+    msg = str(e.value)
+    assert f"--batch-size {batch}; try --batch-size {max(1, batch // 2)}" in msg and "\n" not in msg
+    assert "last.pt" in msg  # the first epoch was saved before memory ran out
