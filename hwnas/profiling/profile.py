@@ -431,11 +431,11 @@ def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
     models = []
     for i, (name, call) in enumerate(work.ops.items()):
         f = f"op_{i:04d}.onnx"
-        (folder / f).write_bytes(export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
+        runner.atomic_write(folder / f, export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
         models.append({"name": name, "kind": "op", "file": f})
     for i, (name, arch) in enumerate(work.nets.items()):
         f = f"net_{i:04d}.onnx"
-        (folder / f).write_bytes(export_onnx(arch.build(), [arch.input], s.batch))
+        runner.atomic_write(folder / f, export_onnx(arch.build(), [arch.input], s.batch))
         models.append({"name": name, "kind": "net", "file": f})
     manifest = {
         "settings": {
