@@ -244,3 +244,28 @@ def test_report_opens_in_headless_chromium(block_report, tmp_path: Path) -> None
     proc = subprocess.run(cmd, capture_output=True, timeout=180)  # a guard against a hang, not a timing check
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert_real_png(shot)
+
+
+QUICKSTART_RUN = Path(__file__).parent / "data" / "quickstart_run"
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (install.sh installs Debian's chromium)")
+def test_report_of_the_readme_main_job_opens_in_headless_chromium(tmp_path: Path, monkeypatch) -> None:
+    """The report of the quick start's run (its small files, shipped in tests/data) renders, and
+    headless Chromium screenshots it without errors."""
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the arch names the shipped LUT by a relative path
+    run = tmp_path / "quickstart"
+    shutil.copytree(QUICKSTART_RUN, run)
+    res = build_report(run)
+    html = res.html.read_text()
+    assert "7.284 ms" in html and "78.54" in html  # the budget and the test accuracy of that run
+    for png in res.html.parent.glob("*.png"):
+        assert_real_png(png)
+    shot = tmp_path / "shot.png"
+    cmd = [
+        _chromium(), "--headless", "--disable-gpu", "--no-sandbox", f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,3000", f"--screenshot={shot}", res.html.resolve().as_uri(),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
+    assert_real_png(shot)
