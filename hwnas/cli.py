@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hwnas.errors import HwnasError, UsageError
+from hwnas.errors import HwnasError, UsageError, check_out_path
 
 app = typer.Typer(
     help="hwnas: hardware-aware NAS for mobile and edge networks. Latencies are milliseconds.",
@@ -98,14 +98,6 @@ def _load_space(
     from hwnas.space import load_space
 
     return load_space(space, input_size, width_mult).with_params(in_channels=in_channels, num_classes=num_classes)
-
-
-def _check_out(path: Path, force: bool) -> None:
-    if path.exists() and not force:
-        raise UsageError(f"{path} exists; pass --force to overwrite it or choose another --out")
-    parent = path.parent if str(path.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise UsageError(f"{parent} is not a directory; choose another --out")
 
 
 SpaceOpt = Annotated[
@@ -209,7 +201,7 @@ def profile(
     if import_csv is not None:
         if out_path is None:
             raise UsageError("--import needs --out for the LUT it writes")
-        _check_out(out_path, force)
+        check_out_path(out_path, force)
         lut = import_results(import_csv, out_path)
         out.print(f"wrote {out_path} ({len(lut.table)} keys, {lut.describe()})")
         return
@@ -226,7 +218,7 @@ def profile(
     path = out_path or default_lut_path(sp, s)
     work = path.with_name(path.name + ".work")
     if not work.exists():
-        _check_out(path, force)
+        check_out_path(path, force)
     with progress_bar(f"profile {sp.describe()}") as update:
         lut = run_profile(sp, s, path, update)
     model = lut.meta["model"]
@@ -444,7 +436,7 @@ def export(
     Example: hwnas export runs/proxyless-binary-5ms/arch.json --weights runs/proxyless-binary-5ms/train/best.pt -o model.onnx --lut latency_tables/cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv
     """
     from hwnas.arch import Arch
-    from hwnas.export import PARITY_ATOL, check_model, check_out_path, export_model, time_result
+    from hwnas.export import PARITY_ATOL, check_model, export_model, time_result
     from hwnas.lut import LUT
     from hwnas.measure import device_note, settings_from_lut
     from hwnas.profiling.profile import ProfileSettings, check_target
@@ -460,7 +452,7 @@ def export(
         return
     if arch is None:
         raise UsageError("export needs the arch JSON: hwnas export ARCH -o MODEL.onnx (only --check-only goes without)")
-    check_out_path(out_path, force)  # before any work
+    check_out_path(out_path, force, "-o", make_parent=False)  # before any work
     a = Arch.load(arch)
     table = LUT.load(lut) if lut else None
     over = {"device": device.value if device else None, "threads": threads, "batch": batch, "rounds": rounds}

@@ -49,3 +49,31 @@ def training_device(name: str) -> torch.device:  # noqa: F821 - torch is importe
     if name != "cpu" and not name.startswith("cuda"):
         raise HwnasError(f"--device {name!r}: expected cpu or cuda")
     return torch.device(name)
+
+
+def check_out_path(path: Path, force: bool, option: str = "--out", make_parent: bool = True) -> None:
+    """Refuse an output file before any work: one that exists (without ``force``) or is a
+    directory, or whose directory is not a directory, is missing (unless the command creates it:
+    ``make_parent``) or cannot be written (probed with a temporary file, so a read-only mount is
+    caught even as root). ``option`` is the flag the message names."""
+    import os
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{option} {p} is a directory; {option} takes the file to write")
+    if p.exists() and not force:
+        raise UsageError(f"{p} exists; pass --force to overwrite it or choose another {option}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise UsageError(f"{parent} is not a directory; choose another {option}")
+    if not parent.exists():
+        if make_parent:
+            return
+        raise UsageError(f"{option} {p}: directory {parent} does not exist; create it or choose another {option}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
+    except OSError as e:
+        raise UsageError(f"{option} {p}: cannot write to {parent} ({e.strerror}); choose another {option}") from None
+    os.close(fd)
+    os.unlink(tmp)

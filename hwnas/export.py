@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -35,7 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hwnas import __version__
 from hwnas.arch import Arch, ArchError
-from hwnas.errors import HwnasError, UsageError
+from hwnas.errors import HwnasError, check_out_path
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.onnx_io import OPSET, export_onnx
 from hwnas.profiling.profile import ProfileSettings
@@ -485,27 +484,6 @@ def time_exported(
 # -- the export -----------------------------------------------------------------------------
 
 
-def check_out_path(path: Path, force: bool) -> None:
-    """Refuse an output that exists (without ``force``), or whose directory is missing or not writable.
-
-    Probes the directory with a temporary file (so a read-only mount is caught even as root).
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise UsageError(f"-o {p} is a directory; -o takes the ONNX file to write")
-    if p.exists() and not force:
-        raise UsageError(f"{p} exists; pass --force to overwrite it or choose another -o")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"-o {p}: directory {parent} does not exist; create it or choose another -o")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
-    except OSError as e:
-        raise UsageError(f"-o {p}: cannot write to {parent} ({e.strerror}); choose another -o") from None
-    os.close(fd)
-    os.unlink(tmp)
-
-
 @dataclass
 class ExportResult:
     """What :func:`export_model` wrote and :func:`time_result` measured. Latencies in ms; ``None``: not asked/known.
@@ -558,7 +536,7 @@ def export_model(
     from hwnas.flops import count
 
     out = Path(out)
-    check_out_path(out, force)
+    check_out_path(out, force, "-o", make_parent=False)
     src = build_source(arch, weights, seed)
     a = src.arch
     notes = list(src.notes)
