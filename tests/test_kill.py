@@ -205,29 +205,40 @@ def _check_search_outputs(run: Path, ref: Path) -> None:
         assert 1 <= state["epoch"] <= EPOCHS and state["epoch"] in (_epochs_done(run), _epochs_done(run) - 1)
 
 
-def test_search_killed_again_and_again_writes_what_an_uninterrupted_run_writes(
-    tmp_path: Path, search_inputs: tuple[Path, Path, dict[str, str]]
-) -> None:
-    data, lut, env = search_inputs
-    ref = tmp_path / "ref"
-    whole = _start(_search_cmd(data, lut, ref), tmp_path / "ref.log", env)
+def _reference_run(cmd: list[str], ref: Path, log: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Run ``cmd`` (writing to ``ref``) uninterrupted; its start-up time and time per epoch (s)."""
+    whole = _start(cmd, log, env)
     _wait(lambda: (ref / "config.json").exists(), whole)
-    startup = time.monotonic() - whole.started  # imports, data, supernet: until the first epoch starts
+    startup = time.monotonic() - whole.started  # imports, data, network: until the first epoch starts
     _wait(lambda: _epochs_done(ref) >= EPOCHS, whole)
     epoch = (time.monotonic() - whole.started - startup) / EPOCHS
     assert whole.finish() == 0, whole.stderr()
+    return startup, epoch
 
-    rng = random.Random(1789)
-    run = tmp_path / "run"
+
+def _kill_until_done(
+    cmd_of: Callable[[Path], list[str]],
+    run: Path,
+    ref: Path,
+    timing: tuple[float, float],
+    seed: int,
+    check: Callable[[Path, Path], None],
+    env: dict[str, str],
+) -> list[str]:
+    """Start ``cmd_of(run)`` and SIGKILL it at seeded points until ``KILLS`` kills landed (in
+    start-up, inside an epoch, or after a checkpoint), calling ``check(run, ref)`` after each;
+    then let one last run finish. Returns what each kill interrupted."""
+    startup, epoch = timing
+    rng = random.Random(seed)
     landed = runs = 0
-    kills: list[str] = []  # what each kill interrupted, for the failure message
+    kills: list[str] = []  # what each kill interrupted, for failure messages
     while landed < KILLS:
-        proc = _start(_search_cmd(data, lut, run), tmp_path / f"search-{runs}.log", env)
+        proc = _start(cmd_of(run), run.parent / f"{run.name}-{runs}.log", env)
         runs += 1
         done = _epochs_done(run)
-        mode = rng.choice(["start-up", "first epoch", "after a checkpoint"])
+        mode = rng.choice(["start-up", "inside an epoch", "after a checkpoint"])
         if mode == "after a checkpoint" and EPOCHS - done < 3:  # leave the last epochs to the final run
-            mode = "first epoch"
+            mode = "inside an epoch"
         if mode == "after a checkpoint":  # this run saves an epoch or two, then dies
             _wait(lambda done=done: _epochs_done(run) > done, proc)
             time.sleep(rng.uniform(0.0, 0.5 * epoch))
@@ -237,10 +248,20 @@ def test_search_killed_again_and_again_writes_what_an_uninterrupted_run_writes(
             time.sleep(rng.uniform(startup, startup + 0.9 * epoch))
         landed += proc.kill()
         kills.append(f"{mode} at {time.monotonic() - proc.started:.2f}s: epochs {done}->{_epochs_done(run)}")
-        _check_search_outputs(run, ref)
+        check(run, ref)
     assert _epochs_done(run) > 0, f"no run lived past a checkpoint, so none resumed from one: {kills}"
-    final = _start(_search_cmd(data, lut, run), tmp_path / "search-final.log", env)
+    final = _start(cmd_of(run), run.parent / f"{run.name}-final.log", env)
     assert final.finish() == 0, final.stderr()
+    return kills
+
+
+def test_search_killed_again_and_again_writes_what_an_uninterrupted_run_writes(
+    tmp_path: Path, search_inputs: tuple[Path, Path, dict[str, str]]
+) -> None:
+    data, lut, env = search_inputs
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    timing = _reference_run(_search_cmd(data, lut, ref), ref, tmp_path / "ref.log", env)
+    _kill_until_done(lambda out: _search_cmd(data, lut, out), run, ref, timing, 1789, _check_search_outputs, env)
     for name in ("arch.json", "history.csv", "config.json"):
         assert (run / name).read_bytes() == (ref / name).read_bytes(), f"{name} differs from the uninterrupted run"
 
@@ -284,37 +305,9 @@ def test_train_killed_again_and_again_ends_with_the_weights_of_an_uninterrupted_
     data, _, env = search_inputs
     arch = tmp_path / "arch.json"
     arch.write_text(load_space("tiny").with_params(in_channels=1, num_classes=10).sample(random.Random(7)).to_json())
-    ref = tmp_path / "ref"
-    whole = _start(_train_cmd(arch, data, ref), tmp_path / "ref.log", env)
-    _wait(lambda: (ref / "config.json").exists(), whole)
-    startup = time.monotonic() - whole.started
-    assert whole.finish() == 0, whole.stderr()
-    epoch = (time.monotonic() - whole.started - startup) / EPOCHS
-
-    rng = random.Random(4242)
-    run = tmp_path / "run"
-    landed = runs = 0
-    kills: list[str] = []
-    while landed < KILLS:
-        proc = _start(_train_cmd(arch, data, run), tmp_path / f"train-{runs}.log", env)
-        runs += 1
-        done = _epochs_done(run)
-        mode = rng.choice(["start-up", "inside an epoch", "after a checkpoint"])
-        if mode == "after a checkpoint" and EPOCHS - done < 3:
-            mode = "inside an epoch"
-        if mode == "after a checkpoint":
-            _wait(lambda done=done: _epochs_done(run) > done, proc)
-            time.sleep(rng.uniform(0.0, 0.5 * epoch))
-        elif mode == "start-up":
-            time.sleep(rng.uniform(0.1, startup))
-        else:
-            time.sleep(rng.uniform(startup, startup + 0.9 * epoch))
-        landed += proc.kill()
-        kills.append(f"{mode} at {time.monotonic() - proc.started:.2f}s: epochs {done}->{_epochs_done(run)}")
-        _check_train_outputs(run, ref)
-    assert _epochs_done(run) > 0, f"no run lived past a checkpoint, so none resumed from one: {kills}"
-    final = _start(_train_cmd(arch, data, run), tmp_path / "train-final.log", env)
-    assert final.finish() == 0, final.stderr()
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    timing = _reference_run(_train_cmd(arch, data, ref), ref, tmp_path / "ref.log", env)
+    kills = _kill_until_done(lambda out: _train_cmd(arch, data, out), run, ref, timing, 4242, _check_train_outputs, env)
     assert (run / "history.csv").read_bytes() == (ref / "history.csv").read_bytes()
     assert _result(run) == _result(ref)
     a, b = load_weights(ref / "best.pt").state_dict, load_weights(run / "best.pt").state_dict
