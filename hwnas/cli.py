@@ -620,16 +620,45 @@ def search(
         typer.Option(help="Latency term: hinge (lam adapts by dual ascent), add, or mul-log (FBNet/ProxylessNAS)."),
     ] = LossName.hinge,
     epochs: Annotated[int, typer.Option(min=1, max=10000)] = 3,
+    warmup_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup-epochs",
+            min=0,
+            max=10000,
+            help="The first N of --epochs train only the weights (ProxylessNAS's warm-up). Default: a third of --epochs (rounded down) for binary and gumbel --hard, else 0.",
+        ),
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
             "--batch-size", min=1, max=4096, help="Global batch; under torchrun each process runs its share of it."
         ),
     ] = 32,
-    lr: Annotated[float, typer.Option(min=1e-6, max=10.0, help="Weights learning rate (SGD, cosine).")] = 0.05,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            min=1e-6,
+            max=10.0,
+            help="Weights learning rate (SGD, cosine). Default 0.01 for binary and gumbel --hard (one sampled path per step), else 0.05.",
+        ),
+    ] = None,
+    share_weights: Annotated[
+        bool | None,
+        typer.Option(
+            "--share-weights/--separate-weights",
+            help="Candidates of a layer share conv weights (kernel centre, leading channels). Default: shared for binary and gumbel --hard.",
+        ),
+    ] = None,
     arch_lr: Annotated[
-        float, typer.Option("--arch-lr", min=1e-6, max=10.0, help="Architecture learning rate (Adam).")
-    ] = 3e-3,
+        float | None,
+        typer.Option(
+            "--arch-lr",
+            min=1e-6,
+            max=10.0,
+            help="Architecture learning rate (Adam). Default 0.01 for binary and gumbel --hard, else 0.003.",
+        ),
+    ] = None,
     dataset: Annotated[
         str, typer.Option(help="fashion-mnist (default, offline from Debian's package), cifar10 or imagefolder.")
     ] = "fashion-mnist",
@@ -677,10 +706,10 @@ def search(
     cfg = SearchConfig(
         space=space, strategy=strategy.value, hard=hard, unrolled=unrolled, loss=loss.value, budget_ms=budget,
         budget_floor=budget_floor,
-        budget_pct=float(pct.group(1)) if pct else None, epochs=epochs,
+        budget_pct=float(pct.group(1)) if pct else None, epochs=epochs, warmup_epochs=warmup_epochs,
         batch_size=batch_size, lr=lr, arch_lr=arch_lr, dataset=dataset, data_dir=str(data_dir) if data_dir else None,
         limit=limit, input_size=input_size if input_size is not None else int(table.meta["input_size"]),
-        width_mult=width_mult, seed=seed, device=device.value,
+        width_mult=width_mult, seed=seed, device=device.value, share_weights=share_weights,
     )  # fmt: skip
     with progress_bar("search", epochs, show=main, width=200) as bar:
 

@@ -67,9 +67,10 @@ class SearchConfig:
     )
     budget_floor: float = 0.9  # derive within [floor * budget, budget]; 0: only <= budget
     epochs: int = 3
+    warmup_epochs: int | None = None  # the first epochs train only the weights; None: see resolve_defaults
     batch_size: int = 32
-    lr: float = 0.05  # weights: SGD, momentum 0.9, cosine schedule
-    arch_lr: float = 3e-3  # architecture: Adam(0.5, 0.999), as DARTS / ProxylessNAS
+    lr: float | None = None  # weights: SGD, momentum 0.9, cosine; None: LR_ONE_PATH or LR_ALL_PATHS
+    arch_lr: float | None = None  # architecture: Adam(0.5, 0.999); None: see resolve_defaults
     lam0: float = 1.0  # starting latency multiplier (add / hinge)
     dual_lr: float = 0.05  # dual ascent step on E[lat]/budget - 1, per architecture step
     tau0: float = 5.0  # gumbel temperature at epoch 0 (FBNet) ...
@@ -82,6 +83,36 @@ class SearchConfig:
     seed: int = 0
     workers: int = 0
     device: str = "cpu"  # where the supernet trains: cpu or cuda (under torchrun: each process's GPU)
+    share_weights: bool | None = None  # candidates share conv weights; None: if the strategy runs one path
+
+
+# Defaults that depend on the strategy (resolve_defaults). One sampled path per step (binary,
+# gumbel --hard) trains the weights with a noisier gradient than the mixture of all paths: at a
+# weight lr of 0.05 that supernet diverges on Fashion-MNIST (28x28, ProxylessNAS space), at 0.01
+# it learns. Its architecture step moves two logits per layer from one sample, so it gets a larger
+# architecture lr, and, as in ProxylessNAS, warm-up epochs that train only the weights first (the
+# first architecture steps on untrained weights are noise). Measured with
+# bench/search_budget.py --quality (README): binary at 3 epochs went from below the median random
+# net to above the best one with these.
+LR_ALL_PATHS, LR_ONE_PATH = 0.05, 0.01
+ARCH_LR_ALL_PATHS, ARCH_LR_ONE_PATH = 3e-3, 1e-2
+WARMUP_SHARE_ONE_PATH = 3  # one-path strategies warm up for epochs // 3 epochs
+
+
+def resolve_defaults(cfg: SearchConfig) -> SearchConfig:
+    """``cfg`` with the strategy-dependent defaults (``lr``, ``arch_lr``, ``warmup_epochs``,
+    ``share_weights``) filled in where they are ``None``, so that config.json and the checkpoint
+    record what the search ran with."""
+    one = make_strategy(cfg.strategy, hard=cfg.hard).single_path
+    return replace(
+        cfg,
+        lr=cfg.lr if cfg.lr is not None else (LR_ONE_PATH if one else LR_ALL_PATHS),
+        arch_lr=cfg.arch_lr if cfg.arch_lr is not None else (ARCH_LR_ONE_PATH if one else ARCH_LR_ALL_PATHS),
+        warmup_epochs=(
+            cfg.warmup_epochs if cfg.warmup_epochs is not None else (cfg.epochs // WARMUP_SHARE_ONE_PATH if one else 0)
+        ),
+        share_weights=cfg.share_weights if cfg.share_weights is not None else one,
+    )
 
 
 def _seed_all(seed: int) -> None:
@@ -265,6 +296,12 @@ def _run_search(
             f"--batch-size is the global batch ({cfg.batch_size}); with {dist.world} processes it must be at least "
             f"{dist.world}, better a multiple of it"
         )
+    cfg = resolve_defaults(cfg)
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise HwnasError(
+            f"--warmup-epochs {cfg.warmup_epochs} leaves no epoch of the {cfg.epochs} to search the architecture; "
+            f"pass fewer warm-up epochs or more --epochs"
+        )
     _seed_all(cfg.seed)
     ds, info = load_dataset(cfg.dataset, Path(cfg.data_dir) if cfg.data_dir else None, train=True)
     deploy, train_sp = spaces_for(cfg, info.in_channels, info.num_classes, info.image_size)
@@ -276,7 +313,7 @@ def _run_search(
     if cfg.budget_pct is not None:
         cfg = replace(cfg, budget_ms=latency_percentile(deploy, lut, cfg.budget_pct))
     strategy = make_strategy(cfg.strategy, hard=cfg.hard)
-    net = Supernet(train_sp, strategy, lut, price_space=deploy)
+    net = Supernet(train_sp, strategy, lut, price_space=deploy, share=cfg.share_weights)
     floor = lut.predict(min_latency_arch(net, lut)).total_ms
     if cfg.budget_ms < floor:
         raise HwnasError(
@@ -364,7 +401,10 @@ def _epoch(
         x, y, xa, ya = (t.to(dev, non_blocking=True) for t in (x, y, xa, ya))
         # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
         check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
-        e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
+        if epoch >= cfg.warmup_epochs:
+            e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
+        else:
+            e_lat = _expected_ms(net)
         loss, logits = weight_step(net, w_opt, (x, y), check)
         tot["loss"] += float(loss.detach()) * len(y)
         tot["correct"] += int((logits.argmax(1) == y).sum())
@@ -403,7 +443,10 @@ def _distributed_epoch(
         x, y, w = (t.to(dev, non_blocking=True) for t in batch)
         xa, ya, wa = (t.to(dev, non_blocking=True) for t in val)
         check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
-        e_sum += arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya, wa), check, dist=dist)
+        if epoch >= cfg.warmup_epochs:
+            e_sum += arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya, wa), check, dist=dist)
+        else:
+            e_sum += _expected_ms(net)
         _, logits = weight_step(net, w_opt, (x, y, w), check, dist=dist)
         with torch.no_grad():
             ce = F.cross_entropy(logits, y, reduction="none")
@@ -413,6 +456,11 @@ def _distributed_epoch(
     average_bn_stats(net, dist)
     check_lockstep([*net.parameters(), torch.get_rng_state()], dist)  # same weights, logits and RNG stream
     return {"loss": loss, "correct": round(correct), "seen": round(seen), "e_lat_ms": e_sum, "steps": steps}
+
+
+def _expected_ms(net: Supernet) -> float:
+    with torch.no_grad():
+        return float(net.expected_latency_ms())
 
 
 def arch_step(
@@ -472,8 +520,7 @@ def arch_step(
             r = net.rows[key]
             a, old = net.alphas[r.param], before[r.param]
             Binary.rescale(a.data if r.row is None else a.data[r.row], old if r.row is None else old[r.row], pair)
-    with torch.no_grad():
-        e_lat = float(net.expected_latency_ms())
+    e_lat = _expected_ms(net)
     dual.step(e_lat, budget_ms)
     return e_lat
 

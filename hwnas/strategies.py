@@ -32,6 +32,10 @@ class Strategy:
     name: ClassVar[str] = ""
 
     def __init__(self) -> None:
+        # True if the weight step runs one sampled path per mixed op: such a supernet shares
+        # conv weights between candidates by default (hwnas.supernet.MixedOp) and trains at a
+        # lower default learning rate (hwnas.search.SearchConfig.lr)
+        self.single_path = False
         self.phase = "weights"
         self.tau = 1.0  # Gumbel temperature; the search anneals it
 
@@ -64,6 +68,7 @@ class Gumbel(Strategy):
     def __init__(self, hard: bool = False) -> None:
         super().__init__()
         self.hard = hard
+        self.single_path = hard
 
     def mix(
         self, ops: Sequence[nn.Module], xs: tuple[torch.Tensor, ...], alpha: torch.Tensor, key: int
@@ -80,6 +85,7 @@ class Binary(Strategy):
 
     def __init__(self) -> None:
         super().__init__()
+        self.single_path = True
         self.sampled: dict[int, tuple[int, ...]] = {}  # logits row -> path(s) sampled this step
         # run the unpicked path of a pair without a graph (first-order gradients are unchanged);
         # the second-order step needs the full graph and turns this off while it runs

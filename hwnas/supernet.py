@@ -42,13 +42,98 @@ from hwnas.strategies import Strategy
 
 
 class MixedOp(nn.Module):
-    """The candidates of one decision at one place; the supernet's strategy combines them."""
+    """The candidates of one decision at one place; the supernet's strategy combines them.
 
-    def __init__(self, calls: list[OpCall], key: int) -> None:
+    With ``share``, candidates of the same structure (e.g. the MBConvs of one expand ratio class
+    with kernel 3/5/7 and expand 3/6) take their conv weights from one shared tensor per conv
+    (see :func:`share_conv_weights`); their batch norms stay their own.
+    """
+
+    def __init__(self, calls: list[OpCall], key: int, share: bool = False) -> None:
         super().__init__()
         self.ops = nn.ModuleList([c.build() for c in calls])
         self.calls = calls
         self.key = key  # index of the logits row in Supernet.rows
+        self.shared = nn.ParameterList()
+        if share:
+            groups: dict[tuple[object, ...], list[nn.Module]] = {}
+            for op in self.ops:
+                sig = _conv_signature(op)
+                if sig is not None:
+                    groups.setdefault(sig, []).append(op)
+            for members in groups.values():
+                if len(members) > 1:
+                    share_conv_weights(members, self.shared)
+
+
+def _convs(module: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+
+
+def _conv_signature(op: nn.Module) -> tuple[object, ...] | None:
+    """Candidates with equal signatures can share conv weights: the same layers in the same order
+    (e.g. MBConv k3/k5/k7 of expand 3 and 6, DARTS sep_conv 3x3/5x5) and, conv by conv, the same
+    stride, dilation and kind (dense or depthwise), odd kernels and no bias. ``None`` if the op has
+    no conv or one that cannot be shared."""
+    convs = _convs(op)
+    if not convs:
+        return None
+    sig: list[object] = [tuple(type(m).__name__ for m in op.modules() if not list(m.children()))]
+    for c in convs:
+        depthwise = c.groups == c.in_channels == c.out_channels and c.groups > 1
+        if c.bias is not None or (c.groups != 1 and not depthwise) or any(k % 2 == 0 for k in c.kernel_size):
+            return None
+        sig.append((c.stride, c.dilation, depthwise))
+    return tuple(sig)
+
+
+def share_conv_weights(members: list[nn.Module], holder: nn.ParameterList) -> None:
+    """Make the convs of ``members`` (equal :func:`_conv_signature`) views of shared tensors.
+
+    For the i-th conv of every member one tensor of the elementwise largest weight shape is
+    appended to ``holder``; a member's conv uses its leading output and input channels and the
+    centre of its kernel (Single-Path NAS's superkernel, OFA's elastic kernel and width). The
+    shared tensor starts from the members' own initial weights, smallest first, so the largest
+    member keeps its initialisation. Each conv's ``weight`` stops being a parameter of its own:
+    a forward pre-hook slices it from ``holder`` on every call, so optimisers, ``.to()``,
+    ``state_dict`` and :func:`torch.func.functional_call` see only the shared tensor.
+
+    Why: sampled single paths (``binary``, hard ``gumbel``) give each candidate a fraction of
+    the steps, and with private weights the next layer sees unrelated features from every
+    candidate; on a 21-layer MBConv space the weights then do not learn at all in a short
+    search. With shared weights the candidates of a layer compute related features.
+    """
+    per_member = [_convs(m) for m in members]
+    for pos in range(len(per_member[0])):
+        convs = [cs[pos] for cs in per_member]
+        shape = [max(c.weight.shape[d] for c in convs) for d in range(4)]
+        big = torch.empty(shape)
+        nn.init.kaiming_uniform_(big, a=5**0.5)  # nn.Conv2d's own initialisation
+        slices = []
+        for c in convs:
+            o, i, kh, kw = c.weight.shape
+            dh, dw = (shape[2] - kh) // 2, (shape[3] - kw) // 2
+            slices.append((slice(0, o), slice(0, i), slice(dh, dh + kh), slice(dw, dw + kw)))
+        with torch.no_grad():
+            for c, sl in sorted(zip(convs, slices, strict=True), key=lambda t: t[0].weight.numel()):
+                big[sl] = c.weight
+        index = len(holder)
+        holder.append(nn.Parameter(big))
+        for c, sl in zip(convs, slices, strict=True):
+            del c.weight
+            c.register_forward_pre_hook(_SliceWeight(holder, index, sl))
+            c.weight = holder[index][sl]
+
+
+class _SliceWeight:
+    """Forward pre-hook: set a conv's ``weight`` to its slice of a shared tensor (read from the
+    holder on every call, so a swapped or moved parameter is what the conv uses)."""
+
+    def __init__(self, holder: nn.ParameterList, index: int, sl: tuple[slice, ...]) -> None:
+        self.holder, self.index, self.sl = holder, index, sl
+
+    def __call__(self, conv: nn.Module, args: tuple[object, ...]) -> None:
+        conv.weight = self.holder[self.index][self.sl]
 
 
 @dataclass(frozen=True)
@@ -122,10 +207,17 @@ class Supernet(nn.Module):
 
     ``price_space`` (default: ``space``) is the same space at the deployment input shape: the
     network trains at the data's resolution while its latency is priced where it will run.
+    ``share`` (default: the strategy's ``single_path``) makes the candidates of each mixed op
+    share conv weights where their structure allows (:class:`MixedOp`).
     """
 
     def __init__(
-        self, space: Space, strategy: Strategy, lut: LUT | None = None, price_space: Space | None = None
+        self,
+        space: Space,
+        strategy: Strategy,
+        lut: LUT | None = None,
+        price_space: Space | None = None,
+        share: bool | None = None,
     ) -> None:
         super().__init__()
         self.space, self.strategy = space, strategy
@@ -140,8 +232,12 @@ class Supernet(nn.Module):
             n_edges = len(st.rows) // 2
             for _ in ("normal", "reduce"):
                 self.alphas.append(nn.Parameter(torch.zeros(n_edges, len(space.cell_ops))))
+        self.share = strategy.single_path if share is None else share
         self.nodes = nn.ModuleList(
-            [MixedOp(*st.mixed[i]) if i in st.mixed else n.call.build() for i, n in enumerate(st.plan.nodes)]
+            [
+                MixedOp(*st.mixed[i], share=self.share) if i in st.mixed else n.call.build()
+                for i, n in enumerate(st.plan.nodes)
+            ]
         )
         self._inputs = [n.inputs for n in st.plan.nodes]
         self._mixed_idx = sorted(st.mixed)

@@ -217,3 +217,56 @@ def test_cli_percentile_budget(data_dir: Path, luts, tmp_path: Path) -> None:
     assert info["predicted_ms"] <= info["budget_ms"]
     bad = runner.invoke(app, [*args[:6], "p100", *args[7:-1], str(tmp_path / "other")])
     assert bad.exit_code == 2 and "p1 to p99" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("strategy", "hard"), [("softmax", False), ("binary", False), ("gumbel", False), ("gumbel", True)]
+)
+def test_config_records_the_strategy_defaults(strategy: str, hard: bool, data_dir: Path, luts, tmp_path: Path) -> None:
+    """lr, architecture lr, warm-up and weight sharing default by strategy (one sampled path:
+    0.01, 0.01, a third of the epochs, shared; else 0.05, 0.003, none, separate), and config.json
+    says which were used; explicit values win."""
+    from hwnas.search import ARCH_LR_ALL_PATHS, ARCH_LR_ONE_PATH, LR_ALL_PATHS, LR_ONE_PATH
+
+    lut = luts["tiny"]
+    run_search(_cfg("tiny", data_dir, lut, strategy=strategy, hard=hard, epochs=3), lut, tmp_path / "a")
+    doc = json.loads((tmp_path / "a" / "config.json").read_text())
+    one_path = strategy == "binary" or hard
+    assert doc["lr"] == (LR_ONE_PATH if one_path else LR_ALL_PATHS)
+    assert doc["arch_lr"] == (ARCH_LR_ONE_PATH if one_path else ARCH_LR_ALL_PATHS)
+    assert doc["warmup_epochs"] == (1 if one_path else 0)
+    assert doc["share_weights"] is one_path
+    run_search(_cfg("tiny", data_dir, lut, strategy=strategy, hard=hard, lr=0.02, share_weights=not one_path),
+               lut, tmp_path / "b")  # fmt: skip
+    doc = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert doc["lr"] == 0.02 and doc["share_weights"] is (not one_path)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_warmup_epochs_leave_the_architecture_alone(strategy: str, data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    run_search(_cfg("tiny", data_dir, lut, strategy=strategy, epochs=2, warmup_epochs=1), lut, tmp_path)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "history.csv").open()))
+    probs = [[float(v) for k, v in r.items() if k.startswith("p[")] for r in rows]
+    assert len(probs) == 2
+    from hwnas.supernet import structure
+
+    uniform = [1 / len(r.choices) for r in structure(load_space("tiny")).rows for _ in r.choices]
+    assert probs[0] == pytest.approx(uniform, abs=1e-6)  # untouched logits after the warm-up epoch
+    assert probs[1] != pytest.approx(uniform, abs=1e-6)  # the search epoch moved them
+
+
+def test_cli_warmup_and_weight_options(data_dir: Path, luts, tmp_path: Path) -> None:
+    lut = luts["tiny"]
+    base = ["search", "--space", "tiny", "--lut", str(lut.path), "--latency-budget", "1 s", "--limit", "16",
+            "--batch-size", "8", "--data-dir", str(data_dir)]  # fmt: skip
+    res = runner.invoke(app, [*base, "--epochs", "2", "--warmup-epochs", "2", "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 1 and "--warmup-epochs 2" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r1" / "config.json").exists()
+    args = [*base, "--epochs", "2", "--warmup-epochs", "1", "--separate-weights", "--lr", "0.003"]
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert doc["warmup_epochs"] == 1 and doc["share_weights"] is False and doc["lr"] == 0.003

@@ -12,7 +12,7 @@ from hwnas.lut import LUT
 from hwnas.profiling.profile import profile
 from hwnas.space import load_space
 from hwnas.strategies import STRATEGIES, Binary, make_strategy
-from hwnas.supernet import MixedOp, Supernet
+from hwnas.supernet import MixedOp, Supernet, _conv_signature, _convs
 
 SPACES = ["tiny", "tiny_darts"]
 
@@ -139,3 +139,82 @@ def test_lut_without_the_supernets_keys(luts: dict[str, LUT], tmp_path: Path) ->
     sp = load_space("tiny").with_params(in_channels=1, num_classes=10)
     with pytest.raises(LutError, match="--in-channels 1 --num-classes 10"):
         Supernet(sp, make_strategy("softmax"), luts["tiny"])
+
+
+@pytest.mark.parametrize("space", [*SPACES, "proxyless", "fbnet", "darts"])
+def test_shared_candidates_compute_as_standalone_ops_with_sliced_weights(space: str) -> None:
+    """A candidate of a sharing supernet is the registered op with its weights cut from the shared
+    tensor: the leading channels and the kernel centre; and it has no conv weight of its own."""
+    sp = load_space(space).with_params(input_size=16) if space in ("proxyless", "fbnet") else load_space(space)
+    torch.manual_seed(0)
+    net = Supernet(sp, make_strategy("binary"), share=True)
+    assert net.share and sum(len(m.shared) for m in net.modules() if isinstance(m, MixedOp)) > 0
+    names = set(net.state_dict())
+    checked = shared_checked = 0
+    for node in net.nodes:
+        if not isinstance(node, MixedOp) or not len(node.shared):
+            continue
+        shared_ids = {id(p) for p in node.shared}
+        own = {id(p) for op in node.ops for p in op.parameters()}
+        assert not shared_ids & own
+        for op, call in zip(node.ops, node.calls, strict=True):
+            if all("weight" in c._parameters for c in _convs(op)):
+                continue
+            x = torch.randn(2, *call.in_shape)
+            op.eval()
+            want = op(x)
+            alone = call.build().eval()
+            for mine, theirs in zip(_convs(op), _convs(alone), strict=True):
+                with torch.no_grad():
+                    theirs.weight.copy_(mine.weight)
+            alone.load_state_dict({k: v for k, v in op.state_dict().items() if k in alone.state_dict()}, strict=False)
+            torch.testing.assert_close(alone(x), want)
+            checked += 1
+        # the smaller kernels are the centre of the largest, the narrower convs its leading channels
+        groups: dict[object, list[torch.nn.Module]] = {}
+        for op in node.ops:
+            groups.setdefault(_conv_signature(op), []).append(op)
+        for sig, group in groups.items():
+            if sig is None or len(group) < 2:
+                continue
+            for pos in range(len(_convs(group[0]))):
+                ws = sorted((_convs(op)[pos].weight for op in group), key=lambda w: w.numel())
+                big = ws[-1]
+                for w in ws[:-1]:
+                    o, i, kh, kw = w.shape
+                    dh, dw = (big.shape[2] - kh) // 2, (big.shape[3] - kw) // 2
+                    torch.testing.assert_close(w, big[:o, :i, dh : dh + kh, dw : dw + kw])
+                    shared_checked += 1
+    assert checked >= 2 and shared_checked >= 1
+    assert any(".shared." in n for n in names)
+
+
+@pytest.mark.parametrize(("space", "strategy", "hard"), _variants())
+def test_sharing_default_follows_the_strategy_and_a_path_trains_the_shared_tensor(
+    space: str, strategy: str, hard: bool, luts: dict[str, LUT]
+) -> None:
+    sp = load_space(space)
+    st = make_strategy(strategy, hard=hard)
+    net = Supernet(sp, st, luts[space])
+    assert net.share == st.single_path == (strategy == "binary" or hard)
+    net = Supernet(sp, st, luts[space], share=True)
+    shared = [p for m in net.modules() if isinstance(m, MixedOp) for p in m.shared]
+    assert shared
+    before = [p.detach().clone() for p in shared]
+    opt = torch.optim.SGD(net.weight_parameters(), lr=0.1)
+    st.phase = "weights"
+    for _ in range(3):  # a few sampled paths: some shared tensor is used and moves
+        opt.zero_grad()
+        net(torch.randn(4, *sp.input_shape)).logsumexp(1).mean().backward()
+        opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, shared, strict=True))
+    # the candidates read the moved tensor: their weights are slices of it, not stale copies
+    for m in net.modules():
+        if isinstance(m, MixedOp):
+            for op in m.ops:
+                for c in _convs(op):
+                    if "weight" not in c._parameters:
+                        c(torch.randn(1, c.in_channels, 8, 8))
+                        assert any(
+                            c.weight.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for p in m.shared
+                        )
