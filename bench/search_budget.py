@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--lut", type=Path, required=True)
     ap.add_argument("--space", default="proxyless")
     ap.add_argument("--strategy", default="binary")
+    ap.add_argument("--hard", action="store_true", help="gumbel: GDAS's straight-through hard samples")
     ap.add_argument("--epochs", type=int, default=2, help="search epochs")
     ap.add_argument("--limit", type=int, default=2000, help="training images used by the search")
     ap.add_argument("--seeds", type=int, default=3)
@@ -53,11 +54,14 @@ def main() -> None:
     space = load_space(a.space, int(m["input_size"])).with_params(
         in_channels=m.get("in_channels"), num_classes=m.get("num_classes")
     )
-    base = SearchConfig(space=a.space, strategy=a.strategy, epochs=a.epochs, limit=a.limit, input_size=space.input_size)
+    base = SearchConfig(
+        space=a.space, strategy=a.strategy, hard=a.hard, epochs=a.epochs, limit=a.limit, input_size=space.input_size
+    )
     tmp = Path(tempfile.mkdtemp(prefix="hwnas-bench-"))
 
     print(
-        f"budget hit: {space.describe()} on {lut.describe()}, strategy {a.strategy}, {a.epochs} epochs x {a.limit} images"
+        f"budget hit: {space.describe()} on {lut.describe()}, strategy {a.strategy}{' --hard' if a.hard else ''}, "
+        f"{a.epochs} epochs x {a.limit} images"
     )
     print(
         f"{'pct':>4} {'budget ms':>10} {'seed':>5} {'derived ms':>11} {'final ms':>9} {'final/budget':>13} {'swaps':>6} {'ok':>4} {'s':>6}"
@@ -106,6 +110,8 @@ def main() -> None:
                "strategy": a.strategy, "lut_sha256": lut.sha256, "nets": table}  # fmt: skip
         a.json.write_text(json.dumps(doc, indent=2) + "\n")
     rand = accs[1:]
+    if not rand:
+        return
     print(
         f"searched {accs[0]:.4f} vs random median {statistics.median(rand):.4f}, best {max(rand):.4f}: "
         f"{'beats the median' if accs[0] > statistics.median(rand) else 'does NOT beat the median'}"
