@@ -1,8 +1,9 @@
 """The bilevel hardware-aware search: what ``hwnas search`` runs.
 
 Weights train on one half of the training set, architecture logits on the other, alternating
-(DARTS); the architecture gradient is first-order, or second-order with ``unrolled``
-(:mod:`hwnas.unrolled`). The architecture loss adds the expected latency of the derived network
+(DARTS), after ``warmup_epochs`` that train only the weights (ProxylessNAS; by default for the
+strategies that sample one path, see :func:`resolve_defaults`); the architecture gradient is
+first-order, or second-order with ``unrolled`` (:mod:`hwnas.unrolled`). The architecture loss adds the expected latency of the derived network
 (:meth:`hwnas.supernet.Supernet.expected_latency_ms`, priced at the deployment input shape) in the
 selected form (:mod:`hwnas.objectives`); ``lam`` adapts by dual ascent on ``E[lat]/budget - 1``.
 After derivation, :func:`fit_to_budget` swaps the choices that lose the least architecture
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError, gpu_memory_hint, training_device
+from hwnas.errors import HwnasError, UsageError, gpu_memory_hint, training_device
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.profiling.runner import write_csv_atomic
@@ -97,6 +98,11 @@ class SearchConfig:
 LR_ALL_PATHS, LR_ONE_PATH = 0.05, 0.01
 ARCH_LR_ALL_PATHS, ARCH_LR_ONE_PATH = 3e-3, 1e-2
 WARMUP_SHARE_ONE_PATH = 3  # one-path strategies warm up for epochs // 3 epochs
+
+
+# Settings added to SearchConfig after checkpoints were first written, with the value an older
+# search ran with: an older checkpoint resumes under the same options.
+CONFIG_KEYS_ADDED: dict[str, Any] = {"device": "cpu", "warmup_epochs": 0, "share_weights": False}
 
 
 def resolve_defaults(cfg: SearchConfig) -> SearchConfig:
@@ -297,8 +303,9 @@ def _run_search(
             f"{dist.world}, better a multiple of it"
         )
     cfg = resolve_defaults(cfg)
+    assert cfg.lr is not None and cfg.arch_lr is not None and cfg.warmup_epochs is not None  # resolved
     if cfg.warmup_epochs >= cfg.epochs:
-        raise HwnasError(
+        raise UsageError(
             f"--warmup-epochs {cfg.warmup_epochs} leaves no epoch of the {cfg.epochs} to search the architecture; "
             f"pass fewer warm-up epochs or more --epochs"
         )
@@ -401,7 +408,7 @@ def _epoch(
         x, y, xa, ya = (t.to(dev, non_blocking=True) for t in (x, y, xa, ya))
         # architecture step first, as DARTS does (its second-order form looks one weight step ahead)
         check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
-        if epoch >= cfg.warmup_epochs:
+        if epoch >= (cfg.warmup_epochs or 0):
             e_lat = arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya), check, (x, y), w_opt, cfg.unrolled)
         else:
             e_lat = _expected_ms(net)
@@ -443,7 +450,7 @@ def _distributed_epoch(
         x, y, w = (t.to(dev, non_blocking=True) for t in batch)
         xa, ya, wa = (t.to(dev, non_blocking=True) for t in val)
         check = functools.partial(_check_finite, epoch=epoch, step=step, ckpt=ckpt_path)
-        if epoch >= cfg.warmup_epochs:
+        if epoch >= (cfg.warmup_epochs or 0):
             e_sum += arch_step(net, a_opt, objective, dual, cfg.budget_ms, (xa, ya, wa), check, dist=dist)
         else:
             e_sum += _expected_ms(net)
@@ -592,8 +599,14 @@ def _load_checkpoint(
         raise HwnasError(f"--resume: {path} does not exist; start without --resume")
     try:
         state = load_bytes(path.read_bytes() if data is None else data)
-        if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
-            raise HwnasError(f"--resume: {path} was written by a search with other settings; use the same options")
+        stored = {**CONFIG_KEYS_ADDED, **json.loads(state["config"])}
+        now = json.loads(json.dumps(asdict(cfg)))
+        if stored != now:
+            diff = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
+            said = "; ".join(f"{k} {stored.get(k)!r} there, {now.get(k)!r} now" for k in diff)
+            raise HwnasError(
+                f"--resume: {path} was written by a search with other settings ({said}); pass the same options"
+            )
         net.load_state_dict(state["model"])
         w_opt.load_state_dict(state["w_opt"])
         a_opt.load_state_dict(state["a_opt"])

@@ -55,6 +55,7 @@ class MixedOp(nn.Module):
         self.calls = calls
         self.key = key  # index of the logits row in Supernet.rows
         self.shared = nn.ParameterList()
+        self._views: list[tuple[nn.Module, _SliceWeight]] = []
         if share:
             groups: dict[tuple[object, ...], list[nn.Module]] = {}
             for op in self.ops:
@@ -64,6 +65,20 @@ class MixedOp(nn.Module):
             for members in groups.values():
                 if len(members) > 1:
                     share_conv_weights(members, self.shared)
+            self._views = [
+                (c, h)
+                for op in self.ops
+                for c in _convs(op)
+                for h in c._forward_pre_hooks.values()
+                if isinstance(h, _SliceWeight)
+            ]
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[no-untyped-def]
+        """``.to()``, ``.double()``, ``.cuda()``: move the shared tensors, then the convs' views."""
+        out = super()._apply(fn, recurse)
+        for conv, hook in self._views:
+            hook.rest(conv)
+        return out
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
@@ -121,19 +136,26 @@ def share_conv_weights(members: list[nn.Module], holder: nn.ParameterList) -> No
         holder.append(nn.Parameter(big))
         for c, sl in zip(convs, slices, strict=True):
             del c.weight
-            c.register_forward_pre_hook(_SliceWeight(holder, index, sl))
-            c.weight = holder[index][sl]
+            hook = _SliceWeight(holder, index, sl)
+            c.register_forward_pre_hook(hook)
+            c.register_forward_hook(hook.rest)
+            hook.rest(c)
 
 
 class _SliceWeight:
-    """Forward pre-hook: set a conv's ``weight`` to its slice of a shared tensor (read from the
-    holder on every call, so a swapped or moved parameter is what the conv uses)."""
+    """A conv's view of its shared tensor (read from the holder on every call, so a swapped or
+    moved parameter is what the conv uses). As a forward pre-hook it sets ``conv.weight`` to the
+    slice, in the autograd graph; between calls (:meth:`rest`, also a forward hook) ``conv.weight``
+    is a detached view of the current tensor, so the module deep-copies and reads like any conv."""
 
     def __init__(self, holder: nn.ParameterList, index: int, sl: tuple[slice, ...]) -> None:
         self.holder, self.index, self.sl = holder, index, sl
 
     def __call__(self, conv: nn.Module, args: tuple[object, ...]) -> None:
         conv.weight = self.holder[self.index][self.sl]
+
+    def rest(self, conv: nn.Module, *_: object) -> None:
+        conv.weight = self.holder[self.index].detach()[self.sl]
 
 
 @dataclass(frozen=True)

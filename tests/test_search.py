@@ -263,10 +263,36 @@ def test_cli_warmup_and_weight_options(data_dir: Path, luts, tmp_path: Path) -> 
     base = ["search", "--space", "tiny", "--lut", str(lut.path), "--latency-budget", "1 s", "--limit", "16",
             "--batch-size", "8", "--data-dir", str(data_dir)]  # fmt: skip
     res = runner.invoke(app, [*base, "--epochs", "2", "--warmup-epochs", "2", "--out", str(tmp_path / "r1")])
-    assert res.exit_code == 1 and "--warmup-epochs 2" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "--warmup-epochs 2" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r1" / "config.json").exists()
     args = [*base, "--epochs", "2", "--warmup-epochs", "1", "--separate-weights", "--lr", "0.003"]
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "r2")])
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "r2" / "config.json").read_text())
     assert doc["warmup_epochs"] == 1 and doc["share_weights"] is False and doc["lr"] == 0.003
+
+
+def test_resume_names_the_setting_that_differs_and_reads_older_checkpoints(
+    data_dir: Path, luts, tmp_path: Path
+) -> None:
+    import torch
+
+    lut = luts["tiny"]
+    cfg = _cfg("tiny", data_dir, lut, strategy="softmax", epochs=1)
+    run_search(cfg, lut, tmp_path)
+    ckpt = tmp_path / "checkpoint.pt"
+    # a checkpoint written before device, warm-up and weight sharing were settings
+    state = torch.load(ckpt, weights_only=True)
+    old = json.loads(state["config"])
+    for key in ("device", "warmup_epochs", "share_weights"):
+        del old[key]
+    old["lr"], old["arch_lr"] = 0.05, 3e-3  # older configs stored the numbers
+    state["config"] = json.dumps(old, sort_keys=True)
+    torch.save(state, ckpt)
+    first = (tmp_path / "arch.json").read_bytes()
+    run_search(cfg, lut, tmp_path, resume=True)  # the same options: accepted
+    assert (tmp_path / "arch.json").read_bytes() == first
+    with pytest.raises(HwnasError, match=r"lr 0\.05 there, 0\.02 now"):
+        run_search(replace(cfg, lr=0.02), lut, tmp_path, resume=True)
+    with pytest.raises(HwnasError, match=r"share_weights False there, True now"):
+        run_search(replace(cfg, share_weights=True), lut, tmp_path, resume=True)

@@ -12,7 +12,7 @@ from hwnas.lut import LUT
 from hwnas.profiling.profile import profile
 from hwnas.space import load_space
 from hwnas.strategies import STRATEGIES, Binary, make_strategy
-from hwnas.supernet import MixedOp, Supernet, _conv_signature, _convs
+from hwnas.supernet import MixedOp, Supernet, _convs
 
 SPACES = ["tiny", "tiny_darts"]
 
@@ -160,31 +160,46 @@ def test_shared_candidates_compute_as_standalone_ops_with_sliced_weights(space: 
         for op, call in zip(node.ops, node.calls, strict=True):
             if all("weight" in c._parameters for c in _convs(op)):
                 continue
+            # each conv's weight is the leading channels and kernel centre of one shared tensor
+            for c in _convs(op):
+                if "weight" in c._parameters:
+                    continue
+                (big,) = [
+                    p for p in node.shared if p.untyped_storage().data_ptr() == c.weight.untyped_storage().data_ptr()
+                ]
+                o, i, kh, kw = c.weight.shape
+                dh, dw = (big.shape[2] - kh) // 2, (big.shape[3] - kw) // 2
+                torch.testing.assert_close(c.weight, big.detach()[:o, :i, dh : dh + kh, dw : dw + kw])
+                shared_checked += 1
+            # and the forward computes the registered op with those weights, also after the shared
+            # tensors change in place (an optimiser step)
             x = torch.randn(2, *call.in_shape)
             op.eval()
-            want = op(x)
-            alone = call.build().eval()
-            for mine, theirs in zip(_convs(op), _convs(alone), strict=True):
+            for bump in (0.0, 0.5):
                 with torch.no_grad():
-                    theirs.weight.copy_(mine.weight)
-            alone.load_state_dict({k: v for k, v in op.state_dict().items() if k in alone.state_dict()}, strict=False)
-            torch.testing.assert_close(alone(x), want)
+                    for p in node.shared:
+                        p.add_(bump)
+                want = op(x)
+                alone = call.build().eval()
+                alone.load_state_dict(
+                    {k: v for k, v in op.state_dict().items() if k in alone.state_dict()}, strict=False
+                )
+                for c, theirs in zip(_convs(op), _convs(alone), strict=True):
+                    if "weight" not in c._parameters:
+                        (big,) = [
+                            p
+                            for p in node.shared
+                            if p.untyped_storage().data_ptr() == c.weight.untyped_storage().data_ptr()
+                        ]
+                        o, i, kh, kw = theirs.weight.shape
+                        dh, dw = (big.shape[2] - kh) // 2, (big.shape[3] - kw) // 2
+                        with torch.no_grad():
+                            theirs.weight.copy_(big[:o, :i, dh : dh + kh, dw : dw + kw])
+                    else:
+                        with torch.no_grad():
+                            theirs.weight.copy_(c.weight)
+                torch.testing.assert_close(alone(x), want)
             checked += 1
-        # the smaller kernels are the centre of the largest, the narrower convs its leading channels
-        groups: dict[object, list[torch.nn.Module]] = {}
-        for op in node.ops:
-            groups.setdefault(_conv_signature(op), []).append(op)
-        for sig, group in groups.items():
-            if sig is None or len(group) < 2:
-                continue
-            for pos in range(len(_convs(group[0]))):
-                ws = sorted((_convs(op)[pos].weight for op in group), key=lambda w: w.numel())
-                big = ws[-1]
-                for w in ws[:-1]:
-                    o, i, kh, kw = w.shape
-                    dh, dw = (big.shape[2] - kh) // 2, (big.shape[3] - kw) // 2
-                    torch.testing.assert_close(w, big[:o, :i, dh : dh + kh, dw : dw + kw])
-                    shared_checked += 1
     assert checked >= 2 and shared_checked >= 1
     assert any(".shared." in n for n in names)
 
