@@ -71,7 +71,8 @@ from hwnas.supernet import Supernet, structure
 
 CONFIGS = ("fixed", "binary", "softmax", "gumbel", "gumbel-hard")
 BATCH, SIZE, WIDTH, THREADS, CLASSES = 16, 64, 0.5, 2, 10
-# the search's defaults (hwnas.search.SearchConfig)
+# the search's defaults for softmax (hwnas.search.SearchConfig); the one-path strategies default to
+# lower learning rates (hwnas.search.resolve_defaults), which do not change what a step costs
 LR, ARCH_LR, LAM0, DUAL_LR, TAU0, LOSS = 0.05, 3e-3, 1.0, 0.05, 5.0, "hinge"
 
 
