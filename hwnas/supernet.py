@@ -44,9 +44,9 @@ from hwnas.strategies import Strategy
 class MixedOp(nn.Module):
     """The candidates of one decision at one place; the supernet's strategy combines them.
 
-    With ``share``, candidates of the same structure (e.g. the MBConvs of one expand ratio class
-    with kernel 3/5/7 and expand 3/6) take their conv weights from one shared tensor per conv
-    (see :func:`share_conv_weights`); their batch norms stay their own.
+    With ``share``, the candidates' convs that play the same role (:func:`conv_roles`; e.g. the
+    depthwise conv of MBConv k3/k5 × e1/e3/e6, grouped or not) take their weights from one shared
+    tensor per role (:func:`share_convs`); their batch norms stay their own.
     """
 
     def __init__(self, calls: list[OpCall], key: int, share: bool = False) -> None:
@@ -57,14 +57,13 @@ class MixedOp(nn.Module):
         self.shared = nn.ParameterList()
         self._views: list[tuple[nn.Module, _SliceWeight]] = []
         if share:
-            groups: dict[tuple[object, ...], list[nn.Module]] = {}
+            roles: dict[tuple[object, ...], list[nn.Conv2d]] = {}
             for op in self.ops:
-                sig = _conv_signature(op)
-                if sig is not None:
-                    groups.setdefault(sig, []).append(op)
-            for members in groups.values():
-                if len(members) > 1:
-                    share_conv_weights(members, self.shared)
+                for role, conv in conv_roles(op):
+                    roles.setdefault(role, []).append(conv)
+            for convs in roles.values():
+                if len(convs) > 1:
+                    share_convs(convs, self.shared)
             self._views = [
                 (c, h)
                 for op in self.ops
@@ -85,61 +84,54 @@ def _convs(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
-def _conv_signature(op: nn.Module) -> tuple[object, ...] | None:
-    """Candidates with equal signatures can share conv weights: the same layers in the same order
-    (e.g. MBConv k3/k5/k7 of expand 3 and 6, DARTS sep_conv 3x3/5x5) and, conv by conv, the same
-    stride, dilation and kind (dense or depthwise), odd kernels and no bias. ``None`` if the op has
-    no conv or one that cannot be shared."""
-    convs = _convs(op)
-    if not convs:
-        return None
-    sig: list[object] = [tuple(type(m).__name__ for m in op.modules() if not list(m.children()))]
-    for c in convs:
-        depthwise = c.groups == c.in_channels == c.out_channels and c.groups > 1
-        if c.bias is not None or (c.groups != 1 and not depthwise) or any(k % 2 == 0 for k in c.kernel_size):
-            return None
-        sig.append((c.stride, c.dilation, depthwise))
-    return tuple(sig)
+def conv_roles(op: nn.Module) -> list[tuple[tuple[object, ...], nn.Conv2d]]:
+    """The shareable convs of ``op`` in forward order, each with its role: (kind, how many convs
+    of that kind follow it in the op, stride, dilation), kind being depthwise or dense (grouped
+    counts as dense). Counting from the end aligns ops of different depth: an MBConv with expand 1
+    (depthwise, project) and one with expand 6 (expand, depthwise, project) share the depthwise and
+    the project conv. Convs with a bias or an even kernel are left alone."""
+    convs = [c for c in _convs(op) if c.bias is None and all(k % 2 for k in c.kernel_size)]
+    kinds = ["dw" if c.groups == c.in_channels == c.out_channels and c.groups > 1 else "dense" for c in convs]
+    return [
+        ((kind, kinds[i + 1 :].count(kind), c.stride, c.dilation), c)
+        for i, (c, kind) in enumerate(zip(convs, kinds, strict=True))
+    ]
 
 
-def share_conv_weights(members: list[nn.Module], holder: nn.ParameterList) -> None:
-    """Make the convs of ``members`` (equal :func:`_conv_signature`) views of shared tensors.
+def share_convs(convs: list[nn.Conv2d], holder: nn.ParameterList) -> None:
+    """Make ``convs`` (one role of several candidates, :func:`conv_roles`) views of one tensor.
 
-    For the i-th conv of every member one tensor of the elementwise largest weight shape is
-    appended to ``holder``; a member's conv uses its leading output and input channels and the
-    centre of its kernel (Single-Path NAS's superkernel, OFA's elastic kernel and width). The
-    shared tensor starts from the members' own initial weights, smallest first, so the largest
-    member keeps its initialisation. Each conv's ``weight`` stops being a parameter of its own:
-    a forward pre-hook slices it from ``holder`` on every call, so optimisers, ``.to()``,
-    ``state_dict`` and :func:`torch.func.functional_call` see only the shared tensor.
+    The tensor, appended to ``holder``, has the elementwise largest weight shape; each conv uses
+    its leading output and input channels and the centre of its kernel (Single-Path NAS's
+    superkernel, OFA's elastic kernel and width). It starts from the convs' own initial weights,
+    smallest first, so the largest keeps its initialisation. Each conv's ``weight`` stops being a
+    parameter of its own: a forward pre-hook cuts it from ``holder`` on every call, so optimisers,
+    ``.to()``, ``state_dict`` and :func:`torch.func.functional_call` see only the shared tensor.
 
     Why: sampled single paths (``binary``, hard ``gumbel``) give each candidate a fraction of
     the steps, and with private weights the next layer sees unrelated features from every
     candidate; on a 21-layer MBConv space the weights then do not learn at all in a short
     search. With shared weights the candidates of a layer compute related features.
     """
-    per_member = [_convs(m) for m in members]
-    for pos in range(len(per_member[0])):
-        convs = [cs[pos] for cs in per_member]
-        shape = [max(c.weight.shape[d] for c in convs) for d in range(4)]
-        big = torch.empty(shape)
-        nn.init.kaiming_uniform_(big, a=5**0.5)  # nn.Conv2d's own initialisation
-        slices = []
-        for c in convs:
-            o, i, kh, kw = c.weight.shape
-            dh, dw = (shape[2] - kh) // 2, (shape[3] - kw) // 2
-            slices.append((slice(0, o), slice(0, i), slice(dh, dh + kh), slice(dw, dw + kw)))
-        with torch.no_grad():
-            for c, sl in sorted(zip(convs, slices, strict=True), key=lambda t: t[0].weight.numel()):
-                big[sl] = c.weight
-        index = len(holder)
-        holder.append(nn.Parameter(big))
-        for c, sl in zip(convs, slices, strict=True):
-            del c.weight
-            hook = _SliceWeight(holder, index, sl)
-            c.register_forward_pre_hook(hook)
-            c.register_forward_hook(hook.rest)
-            hook.rest(c)
+    shape = [max(c.weight.shape[d] for c in convs) for d in range(4)]
+    big = torch.empty(shape)
+    nn.init.kaiming_uniform_(big, a=5**0.5)  # nn.Conv2d's own initialisation, where no conv covers
+    slices = []
+    for c in convs:
+        o, i, kh, kw = c.weight.shape
+        dh, dw = (shape[2] - kh) // 2, (shape[3] - kw) // 2
+        slices.append((slice(0, o), slice(0, i), slice(dh, dh + kh), slice(dw, dw + kw)))
+    with torch.no_grad():
+        for c, sl in sorted(zip(convs, slices, strict=True), key=lambda t: t[0].weight.numel()):
+            big[sl] = c.weight
+    index = len(holder)
+    holder.append(nn.Parameter(big))
+    for c, sl in zip(convs, slices, strict=True):
+        del c.weight
+        hook = _SliceWeight(holder, index, sl)
+        c.register_forward_pre_hook(hook)
+        c.register_forward_hook(hook.rest)
+        hook.rest(c)
 
 
 class _SliceWeight:
