@@ -379,7 +379,8 @@ def _run_search(
     arch = arch.with_info(
         predicted_ms=pred, budget_ms=cfg.budget_ms, budget_pct=cfg.budget_pct, strategy=cfg.strategy, hard=cfg.hard,
         unrolled=cfg.unrolled, loss=cfg.loss,
-        seed=cfg.seed, epochs=cfg.epochs, dataset=info.name, trained_at_px=info.image_size,
+        seed=cfg.seed, epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs, share_weights=cfg.share_weights,
+        dataset=info.name, trained_at_px=info.image_size,
         lut=str(lut.path), lut_sha256=lut.sha256, lut_target=lut.describe(), budget_swaps=swaps, derived_ms=lut.predict(derived).total_ms,
         width_mult=deploy.width_mult, min_latency_ms=floor,
     )  # fmt: skip
