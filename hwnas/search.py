@@ -3,7 +3,8 @@
 Weights train on one half of the training set, architecture logits on the other, alternating
 (DARTS), after ``warmup_epochs`` that train only the weights (ProxylessNAS; by default for the
 strategies that sample one path, see :func:`resolve_defaults`); the architecture gradient is
-first-order, or second-order with ``unrolled`` (:mod:`hwnas.unrolled`). The architecture loss adds the expected latency of the derived network
+first-order, or second-order with ``unrolled`` (:mod:`hwnas.unrolled`). The architecture loss
+adds the expected latency of the derived network
 (:meth:`hwnas.supernet.Supernet.expected_latency_ms`, priced at the deployment input shape) in the
 selected form (:mod:`hwnas.objectives`); ``lam`` adapts by dual ascent on ``E[lat]/budget - 1``.
 After derivation, :func:`fit_to_budget` swaps the choices that lose the least architecture

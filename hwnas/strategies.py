@@ -33,8 +33,8 @@ class Strategy:
 
     def __init__(self) -> None:
         # True if the weight step runs one sampled path per mixed op: such a supernet shares
-        # conv weights between candidates by default (hwnas.supernet.MixedOp) and trains at a
-        # lower default learning rates and a warm-up (hwnas.search.resolve_defaults)
+        # conv weights between candidates by default (hwnas.supernet.MixedOp), and its search
+        # defaults to lower learning rates and a warm-up (hwnas.search.resolve_defaults)
         self.single_path = False
         self.phase = "weights"
         self.tau = 1.0  # Gumbel temperature; the search anneals it
