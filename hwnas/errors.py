@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class HwnasError(Exception):
@@ -77,3 +78,17 @@ def check_out_path(path: Path, force: bool, option: str = "--out", make_parent: 
         raise UsageError(f"{option} {p}: cannot write to {parent} ({e.strerror}); choose another {option}") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+def settings_differ(stored: str, now: dict[str, Any], added: dict[str, Any] | None = None) -> str | None:
+    """What differs between the settings a checkpoint recorded (``stored``, its JSON) and ``now``
+    (a config as a dict), as ``"key <there> there, <now> now; ..."``, or ``None`` if nothing does.
+
+    ``added`` gives, for settings introduced after older checkpoints were written, the value those
+    checkpoints ran with, so an older checkpoint resumes under the same options."""
+    import json
+
+    there = {**(added or {}), **json.loads(stored)}
+    here = json.loads(json.dumps(now))  # tuples as lists, as they were stored
+    keys = sorted(k for k in there.keys() | here.keys() if there.get(k) != here.get(k))
+    return "; ".join(f"{k} {there.get(k)!r} there, {here.get(k)!r} now" for k in keys) or None

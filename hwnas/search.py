@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError, UsageError, gpu_memory_hint, training_device
+from hwnas.errors import HwnasError, UsageError, gpu_memory_hint, settings_differ, training_device
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.profiling.runner import write_csv_atomic
@@ -601,11 +601,8 @@ def _load_checkpoint(
         raise HwnasError(f"--resume: {path} does not exist; start without --resume")
     try:
         state = load_bytes(path.read_bytes() if data is None else data)
-        stored = {**CONFIG_KEYS_ADDED, **json.loads(state["config"])}
-        now = json.loads(json.dumps(asdict(cfg)))
-        if stored != now:
-            diff = sorted(k for k in stored.keys() | now.keys() if stored.get(k) != now.get(k))
-            said = "; ".join(f"{k} {stored.get(k)!r} there, {now.get(k)!r} now" for k in diff)
+        said = settings_differ(state["config"], asdict(cfg), CONFIG_KEYS_ADDED)
+        if said:
             raise HwnasError(
                 f"--resume: {path} was written by a search with other settings ({said}); pass the same options"
             )

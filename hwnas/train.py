@@ -38,7 +38,7 @@ from torch.utils.data import Dataset, Subset
 
 from hwnas.arch import Arch
 from hwnas.data import load_dataset, make_loader, search_split
-from hwnas.errors import HwnasError, gpu_memory_hint, training_device
+from hwnas.errors import HwnasError, gpu_memory_hint, settings_differ, training_device
 from hwnas.lut import atomic_write
 from hwnas.profiling.runner import write_csv_atomic
 from hwnas.weights import load_into, save_weights
@@ -346,9 +346,11 @@ def _load_state(
         raise HwnasError(
             f"--resume: {path} is not a readable hwnas training state ({type(e).__name__}); delete it to start over"
         ) from None
-    if state["config"] != json.dumps(asdict(cfg), sort_keys=True):
+    said = settings_differ(state["config"], asdict(cfg))
+    if said:
         raise HwnasError(
-            f"--resume: {path} was written with other settings; resume with the same options, or use --force to start over"
+            f"--resume: {path} was written with other settings ({said}); resume with the same options, "
+            f"or use --force to start over"
         )
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,8 @@ def test_resumed_training_equals_uninterrupted(space: str, data: Path, tmp_path:
     with pytest.raises(Stop):
         run_train(arch, cfg, part, progress=stop_after_first)
     assert (part / "history.csv").read_text().count("\n") == 2  # header and epoch 1
+    with pytest.raises(HwnasError, match=r"other settings \(lr 0\.025 there, 0\.1 now\)"):
+        run_train(arch, replace(cfg, lr=0.1), part, resume=True)
     run_train(arch, cfg, part, resume=True)
     for name in ("history.csv", "result.json"):
         a, b = (whole / name).read_text(), (part / name).read_text()
