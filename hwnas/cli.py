@@ -528,6 +528,8 @@ def validate_lut(
     from hwnas.lut import LUT, atomic_write
     from hwnas.measure import device_note, fidelity, settings_from_lut
 
+    if json_out:
+        check_out_path(json_out, True, "--json")  # before minutes of measuring; the report replaces it
     table = LUT.load(lut)
     m = table.meta
     sp = _load_space(

@@ -211,8 +211,9 @@ class LUT:
         if lacking:
             raise LutError(f"{mp}: missing field(s) {', '.join(lacking)}; rebuild the LUT with `hwnas profile`")
         _check_meta(meta, mp)
-        table = _read_table(p)
-        digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        raw = p.read_bytes()
+        table = _read_table(p, raw)
+        digest = hashlib.sha256(raw).hexdigest()  # of the bytes that were parsed
         if meta.get("csv_sha256") not in (None, digest):
             raise LutError(
                 f"{p}: the CSV does not match its metadata (edited by hand, or a profile was interrupted "
@@ -266,8 +267,7 @@ def _check_meta(meta: dict[str, Any], mp: Path) -> None:
         raise bad("settings", "an object of objects")
 
 
-def _read_table(p: Path) -> pd.DataFrame:
-    raw = p.read_bytes()
+def _read_table(p: Path, raw: bytes) -> pd.DataFrame:
     try:
         text = raw.decode("utf-8-sig")  # a BOM (spreadsheet export) is not part of the header
     except UnicodeDecodeError as e:

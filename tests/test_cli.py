@@ -72,6 +72,9 @@ def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) ->
         assert figure in res.output
     doc = json.loads(report.read_text())
     assert len(doc["measured_ms"]) == 4 and 0 <= doc["within_10pct"] <= 1
+    # a --json that cannot be written is refused before any network is measured
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--json", tmp_path)
+    assert res.exit_code == 2 and "is a directory" in res.output and "MAPE" not in res.output
 
 
 def test_profile_command_and_force(tmp_path: Path, fast_target: Path) -> None:
