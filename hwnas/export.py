@@ -106,7 +106,7 @@ def build_source(arch: Arch, weights: Path | None = None, seed: int = 0) -> Sour
     notes: list[str] = []
     if same_network(w.arch, arch):
         target = arch
-    elif same_genotype(w.arch, arch) and w.arch.input[0] == arch.input[0]:
+    elif same_genotype(w.arch, arch):
         target = Arch(
             w.arch.kind, w.arch.space, arch.input, w.arch.body, {**w.arch.info, "searched_as": arch.to_dict()}
         )

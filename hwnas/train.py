@@ -40,7 +40,7 @@ from hwnas.arch import Arch
 from hwnas.data import load_dataset, make_loader, search_split
 from hwnas.errors import HwnasError, gpu_memory_hint, settings_differ, training_device
 from hwnas.lut import atomic_write
-from hwnas.profiling.runner import write_csv_atomic
+from hwnas.profiling.runner import write_csv_atomic, write_json_atomic
 from hwnas.weights import load_into, save_weights
 
 STATE_FORMAT = "hwnas.train-state/1"
@@ -228,7 +228,7 @@ def run_train(
         if resume and (out_dir / "last.pt").exists():
             start, best_val, best_epoch, history = _load_state(out_dir / "last.pt", cfg, net, opt, sched)
         else:
-            atomic_write(out_dir / "config.json", (json.dumps(asdict(cfg), indent=2) + "\n").encode())
+            write_json_atomic(out_dir / "config.json", asdict(cfg))
             atomic_write(out_dir / "arch.json", trained.to_json().encode())
     loss_avg = history[-1]["loss"] if history else math.nan
     for epoch in range(start, cfg.epochs):
@@ -269,7 +269,7 @@ def run_train(
         save_weights(out_dir / "best.pt", trained, net.net, best_epoch, test_acc)
         doc = {**asdict(res), "dataset": info.name, "trained_at_px": info.image_size, "test_examples": len(test_ds),  # type: ignore[arg-type]
                "arch": str(out_dir / "arch.json"), "weights": str(out_dir / "best.pt")}  # fmt: skip
-        atomic_write(out_dir / "result.json", (json.dumps(doc, indent=2) + "\n").encode())
+        write_json_atomic(out_dir / "result.json", doc)
     return res
 
 
@@ -330,6 +330,8 @@ def _save_state(
         "best_val": float(best_val), "best_epoch": int(best_epoch), "history": json.dumps(history),
         "torch_rng": torch.get_rng_state(),
     }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # drop-path draws there on a GPU
+        state["cuda_rng"] = torch.cuda.get_rng_state()
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())
@@ -356,4 +358,6 @@ def _load_state(
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
     return int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"]), json.loads(state["history"])

@@ -105,9 +105,14 @@ def same_network(a: Arch, b: Arch) -> bool:
 
 
 def same_genotype(a: Arch, b: Arch) -> bool:
-    """DARTS archs with the same cells (``C``/``layers`` may differ); blocks: the same network."""
+    """DARTS archs with the same cells, input channels and classes (``C``/``layers`` and the input
+    size may differ); blocks: the same network."""
     if a.kind != b.kind:
         return False
     if a.kind == "cells":
-        return a.body["genotype"] == b.body["genotype"] and a.body["classes"] == b.body["classes"]
+        return (
+            a.body["genotype"] == b.body["genotype"]
+            and a.body["classes"] == b.body["classes"]
+            and a.input[0] == b.input[0]
+        )
     return same_network(a, b)
