@@ -566,9 +566,22 @@ def validate_lut(
         ("measured range", f"{r['measured_range_ms'][0]:.3f} - {r['measured_range_ms'][1]:.3f} ms", ""),
         ("profile time", f"{r['profile_seconds']:.1f} s" if r["profile_seconds"] is not None else "n/a", ""),
     ]  # fmt: skip
+    rep = r.get("repeatability")
+    if rep:
+        rows.append((
+            "repeatability (even vs odd rounds)",
+            f"{rep['mean_diff_pct']:.2f} % mean, {rep['max_diff_pct']:.2f} % max, Spearman {rep['spearman']:.4f}", "",
+        ))  # fmt: skip
     for row in rows:
         t.add_row(*row)
     out.print(t)
+    if rep and rep["mean_diff_pct"] >= 2.0:
+        err.print(
+            f"note: the measurements disagree with themselves by {rep['mean_diff_pct']:.1f} % on average (even vs "
+            "odd rounds): errors of that size are this machine's noise, not the LUT's; measure on a quieter "
+            "machine or with more --rounds",
+            highlight=False,
+        )
     if json_out:
         doc = {"lut": str(lut), "seed": seed, **r, "predicted_ms": f.predicted, "measured_ms": f.measured}
         atomic_write(json_out, (json.dumps(doc, indent=2) + "\n").encode())
@@ -611,7 +624,7 @@ def search(
     budget_floor: Annotated[
         float,
         typer.Option(
-            "--budget-floor", min=0.0, max=1.0, help="Derive within [floor x budget, budget]; 0 only keeps <= budget."
+            "--budget-floor", min=0.0, max=1.0, help="Derive within \\[floor x budget, budget]; 0 only keeps <= budget."
         ),
     ] = 0.9,
     unrolled: Annotated[

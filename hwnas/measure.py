@@ -69,14 +69,39 @@ def device_note(lut: LUT, s: ProfileSettings) -> str | None:
 
 def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[float]:
     """Median-of-round-medians end-to-end latency (ms) of each arch on the target of ``s``."""
+    return [float(np.median(r)) for r in measure_rounds(archs, s, progress)]
+
+
+def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[list[float]]:
+    """Each arch's per-round median end-to-end latency (ms), rounds in order, on the target of ``s``."""
     check_target(s)
     _, load_net = loaders(s)
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.csv"
         runner.run_jobs(jobs, s.rounds, s.effective_timing, results, progress)
-        med = round_medians(read_rows(results))
-    return [med[f"arch{i}"] for i in range(len(archs))]
+        rows = read_rows(results)
+    by: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append((int(r["round"]), float(r["median_ms"])))
+    return [[v for _, v in sorted(by[f"arch{i}"])] for i in range(len(archs))]
+
+
+def repeatability(rounds: list[list[float]]) -> dict[str, float] | None:
+    """How well the measurement agrees with itself: each net's rounds split into two halves (even
+    and odd rounds), each half summarised like the whole (median of round medians), compared.
+
+    ``mean_diff_pct`` / ``max_diff_pct``: mean / max of ``|a / b - 1|`` (%); ``spearman``: the
+    halves' rank correlation. A predictor cannot be checked more finely than this: figures of the
+    fidelity report near these are the machine's noise, not the LUT's error. None with < 2 rounds.
+    """
+    if not rounds or min(len(r) for r in rounds) < 2:
+        return None
+    a = np.array([np.median(r[0::2]) for r in rounds])
+    b = np.array([np.median(r[1::2]) for r in rounds])
+    d = np.abs(a / b - 1) * 100
+    rho = float(stats.spearmanr(a, b).statistic) if len(a) >= 3 else float("nan")
+    return {"mean_diff_pct": float(d.mean()), "max_diff_pct": float(d.max()), "spearman": rho}
 
 
 def measure_onnx(path: Path, s: ProfileSettings, progress: Progress | None = None) -> float:
@@ -113,12 +138,15 @@ class Fidelity:
     measured: the median ratio of the LUT's own probe networks re-measured now, in the same rounds
     as the validation networks, to their times in the LUT's metadata. The ``corrected`` figures
     scale the predictions by it, separating the predictor's error from the machine's drift.
+    ``repeat`` is the measurement's agreement with itself (:func:`repeatability`), the floor
+    under which the figures say nothing about the LUT.
     """
 
     predicted: list[float]
     measured: list[float]
     drift: float | None
     profile_seconds: float | None
+    repeat: dict[str, float] | None = None
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)
@@ -127,6 +155,8 @@ class Fidelity:
             out["drift"] = self.drift
             out["corrected"] = _stats(p * self.drift, m)
         out["measured_range_ms"] = [float(m.min()), float(m.max())]
+        if self.repeat is not None:
+            out["repeatability"] = self.repeat
         out["profile_seconds"] = self.profile_seconds
         return out
 
@@ -150,6 +180,7 @@ def fidelity(
     archs = [space.sample(rng) for _ in range(n)]
     predicted = [lut.predict(a).total_ms for a in archs]  # fails before measuring if keys are missing
     refs = reference_nets(space, lut)
-    measured = measure_archs(archs + [a for a, _ in refs], s, progress)
+    rounds = measure_rounds(archs + [a for a, _ in refs], s, progress)
+    measured = [float(np.median(r)) for r in rounds]
     drift = float(np.median([now / then for now, (_, then) in zip(measured[n:], refs, strict=True)])) if refs else None
-    return Fidelity(predicted, measured[:n], drift, lut.meta.get("profile_seconds"))
+    return Fidelity(predicted, measured[:n], drift, lut.meta.get("profile_seconds"), repeatability(rounds[:n]))

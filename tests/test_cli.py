@@ -72,6 +72,11 @@ def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) ->
         assert figure in res.output
     doc = json.loads(report.read_text())
     assert len(doc["measured_ms"]) == 4 and 0 <= doc["within_10pct"] <= 1
+    assert "repeatability" not in doc and "repeatability" not in res.output  # one round: nothing to compare
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2", "--json", report)
+    assert res.exit_code == 0 and "repeatability" in res.output and "Spearman" in res.output, res.output
+    rep = json.loads(report.read_text())["repeatability"]
+    assert rep["mean_diff_pct"] >= 0 and rep["max_diff_pct"] >= rep["mean_diff_pct"] and -1 <= rep["spearman"] <= 1
     # a --json that cannot be written is refused before any network is measured
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--json", tmp_path)
     assert res.exit_code == 2 and "is a directory" in res.output and "MAPE" not in res.output
