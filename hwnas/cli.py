@@ -735,7 +735,7 @@ def search(
             )
             bar(st["epoch"], epochs, info)
 
-        arch = run_search(cfg, table, run, update, resume=resume)
+        arch = run_search(cfg, table, run, update, resume=resume, note=lambda m: err.print(m, highlight=False))
     i = arch.info
     if not main:
         return

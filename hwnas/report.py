@@ -323,25 +323,22 @@ def align_layers(run: Run) -> tuple[list[LayerSlot] | None, str | None]:
 
     name = (run.config or {}).get("space") or arch.space
     try:
-        slots = load_space(name, arch.input[1], arch.info.get("width_mult")).slots()
+        space = load_space(name, arch.input[1], arch.info.get("width_mult"))
     except HwnasError as e:
         return None, f"the space {name!r} could not be loaded ({e})"
-    layers = list(arch.body["layers"])
+    try:
+        picks = space.picks(arch)
+    except HwnasError as e:
+        return None, f"arch.json: {e}"
     out: list[LayerSlot] = []
     i = 0
-    for slot in slots:
-        cur = layers[i] if i < len(layers) else None
-        pick = next((c for c in slot.choices if cur is not None and c.layer(slot.out, slot.stride) == cur), None)
+    for slot, pick in zip(space.slots(), picks, strict=True):
         searchable = len(slot.choices) > 1
-        if pick is not None:
-            out.append(LayerSlot(slot.index, pick.label, i, searchable))
-            i += 1
-        elif any(c.op == "zero" for c in slot.choices):
+        if pick.op == "zero":
             out.append(LayerSlot(slot.index, "zero", None, searchable))
         else:
-            return None, f"arch.json does not fit the space {name!r} (layers[{i}])"
-    if i != len(layers):
-        return None, f"arch.json does not fit the space {name!r} ({len(layers) - i} layer(s) left over)"
+            out.append(LayerSlot(slot.index, pick.label, i, searchable))
+            i += 1
     return out, None
 
 

@@ -41,7 +41,7 @@ from hwnas.errors import HwnasError, UsageError, gpu_memory_hint, settings_diffe
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.objectives import DualLambda, get_objective
 from hwnas.profiling.runner import write_csv_atomic
-from hwnas.space import Choice, Space, load_space
+from hwnas.space import Space, load_space
 from hwnas.strategies import Binary, make_strategy
 from hwnas.supernet import Supernet, _edge_index, _edge_of, fastest_choices, row_costs, structure
 from hwnas.unrolled import unrolled_arch_grad
@@ -213,7 +213,7 @@ def _state_of(net: Supernet, arch: Arch) -> list[tuple[int, int]]:
     """The (logits row, choice index) of every decision an arch derived from ``net`` made."""
     sp = net.price_space
     if sp.kind == "blocks":
-        picks = _picks_of(net, arch)
+        picks = sp.picks(arch)
         rows = [s for s in sp.slots() if len(s.choices) > 1]
         multi = [p for s, p in zip(sp.slots(), picks, strict=True) if len(s.choices) > 1]
         return [(k, slot.choices.index(p)) for k, (slot, p) in enumerate(zip(rows, multi, strict=True))]
@@ -244,26 +244,6 @@ def _arch_of(net: Supernet, arch: Arch, state: list[tuple[int, int]]) -> Arch:
     return sp.cells_arch(geno, arch.info)
 
 
-def _picks_of(net: Supernet, arch: Arch) -> list[Choice]:
-    """The choice per slot of a block arch derived from ``net`` (zero where a layer is absent)."""
-    layers = iter(arch.body["layers"])
-    picks = []
-    cur = next(layers, None)
-    for slot in net.price_space.slots():
-        match = None
-        if cur is not None:
-            for c in slot.choices:
-                if c.layer(slot.out, slot.stride) == cur:
-                    match = c
-                    break
-        if match is None:
-            match = next(c for c in slot.choices if c.op == "zero")
-        else:
-            cur = next(layers, None)
-        picks.append(match)
-    return picks
-
-
 def _history_row(net: Supernet, epoch: int, stats: dict[str, float]) -> dict[str, Any]:
     row: dict[str, Any] = {"epoch": epoch, **stats}
     with torch.no_grad():
@@ -274,7 +254,12 @@ def _history_row(net: Supernet, epoch: int, stats: dict[str, float]) -> dict[str
 
 
 def run_search(
-    cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None = None, resume: bool = False
+    cfg: SearchConfig,
+    lut: LUT,
+    out_dir: Path,
+    progress: Progress | None = None,
+    resume: bool = False,
+    note: Callable[[str], None] | None = None,
 ) -> Arch:
     """Search, derive, repair, write ``arch.json`` (and history, checkpoint) to ``out_dir``.
 
@@ -282,16 +267,24 @@ def run_search(
     search runs data-parallel (:mod:`hwnas.distributed`): ``cfg.batch_size`` is the global batch,
     every process runs its shard of it, gradients are averaged, and only rank 0 writes files and
     calls ``progress``; every process returns the same arch. The checkpoint does not depend on the
-    number of processes: ``resume`` continues on any number of them.
+    number of processes: ``resume`` continues on any number of them. ``note`` (rank 0 only) gets
+    one-line advice before the search starts, e.g. that a one-path strategy meets candidates it
+    cannot share weights between (:meth:`Supernet.unaligned`).
     """
     from hwnas.distributed import session
 
     with session() as dist:
-        return _run_search(cfg, lut, out_dir, progress, resume, dist)
+        return _run_search(cfg, lut, out_dir, progress, resume, dist, note)
 
 
 def _run_search(
-    cfg: SearchConfig, lut: LUT, out_dir: Path, progress: Progress | None, resume: bool, dist: Dist | None
+    cfg: SearchConfig,
+    lut: LUT,
+    out_dir: Path,
+    progress: Progress | None,
+    resume: bool,
+    dist: Dist | None,
+    note: Callable[[str], None] | None = None,
 ) -> Arch:
     from hwnas.data import load_dataset, make_loader, search_split
 
@@ -323,6 +316,15 @@ def _run_search(
     strategy = make_strategy(cfg.strategy, hard=cfg.hard)
     net = Supernet(train_sp, strategy, lut, price_space=deploy, share=cfg.share_weights)
     floor = lut.predict(min_latency_arch(net, lut)).total_ms
+    unaligned = net.unaligned() if strategy.single_path else []
+    if note is not None and main and unaligned:
+        note(
+            f"note: {cfg.strategy}{' --hard' if cfg.hard else ''} runs one candidate per step, and in "
+            f"{len(unaligned)} decision(s) of {deploy.name} the candidates differ in structure "
+            f"({unaligned[0]}): shared weights cannot make them compute related features, so the supernet learns "
+            "slowly (on fbnet it stayed near chance in 3-epoch searches); softmax or soft gumbel learns sooner, or "
+            "give it more --epochs"
+        )
     if cfg.budget_ms < floor:
         raise HwnasError(
             f"--latency-budget {cfg.budget_ms:.4g} ms is below the fastest network of {deploy.describe()} on this LUT "

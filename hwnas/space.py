@@ -205,6 +205,32 @@ class Space:
         body = {"stem": self.stem(), "layers": layers, "head": self.head()}
         return Arch("blocks", self.name, self.input_shape, body, dict(info or {}))
 
+    def picks(self, arch: Arch) -> list[Choice]:
+        """The choice of every slot in a block arch of this space (``zero`` where a layer is
+        absent): the inverse of :meth:`blocks_arch`, the one place layers are aligned with slots.
+
+        Raises SpaceError, naming the first layer that fits no slot, if ``arch`` is not an arch
+        of this space at this input size and width.
+        """
+        layers = list(arch.body.get("layers", [])) if arch.kind == "blocks" else None
+        if layers is None:
+            raise SpaceError(f"{self.name}: a {arch.kind} arch has no layers to align with the slots")
+        picks: list[Choice] = []
+        i = 0
+        for slot in self.slots():
+            cur = layers[i] if i < len(layers) else None
+            pick = next((c for c in slot.choices if cur is not None and c.layer(slot.out, slot.stride) == cur), None)
+            if pick is not None:
+                i += 1
+            else:
+                pick = next((c for c in slot.choices if c.op == "zero"), None)
+                if pick is None:
+                    raise SpaceError(f"the arch does not fit the space {self.name!r} (layers[{i}], slot {slot.index})")
+            picks.append(pick)
+        if i != len(layers):
+            raise SpaceError(f"the arch does not fit the space {self.name!r} ({len(layers) - i} layer(s) left over)")
+        return picks
+
     # -- cell spaces ------------------------------------------------------------------------
     @property
     def cell_ops(self) -> list[str]:

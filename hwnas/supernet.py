@@ -277,6 +277,29 @@ class Supernet(nn.Module):
             )
         self.register_buffer("fixed_ms", torch.tensor(sum(lut.latency[c.key] for c in price.fixed if c.priced)))
 
+    def unaligned(self) -> list[str]:
+        """Decisions whose candidates differ in structure, one line each (``row: a vs b``).
+
+        Candidates with convs align when they have the same conv roles (:func:`conv_roles`):
+        then sharing makes them compute related features (MBConv e3 vs e6, k3 vs k7). Candidates
+        without convs (zero, identity skip, pools) align with anything. Where roles differ (MBConv
+        e1 vs e3, a 1x1 skip projection, DARTS's sep_conv vs dil_conv) a one-path strategy trains
+        each candidate in a fraction of the steps on features unrelated to the others'.
+        """
+        lines: dict[str, str] = {}
+        for i in self._mixed_idx:
+            m = self.nodes[i]
+            seen: dict[frozenset[tuple[object, ...]], int] = {}
+            for j, op in enumerate(m.ops):
+                roles = frozenset(r for r, _ in conv_roles(op))
+                if roles:
+                    seen.setdefault(roles, j)
+            if len(seen) > 1:
+                row = self.rows[m.key]
+                a, b = list(seen.values())[:2]
+                lines.setdefault(row.label, f"{row.label}: {row.choices[a]} vs {row.choices[b]}")
+        return list(lines.values())
+
     # -- parameters -------------------------------------------------------------------------
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.alphas)

@@ -179,10 +179,14 @@ def test_cli_search(data_dir: Path, luts, tmp_path: Path) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "predicted" in res.output and "priced at the deployment input" in res.output
+    # binary (the default) on tiny, whose layers mix MBConv e1 and e3: the user is told it learns slowly
+    assert "differ in structure (layer 1: mbconv_k3_e1 vs mbconv_k3_e3)" in res.output
     doc = json.loads((tmp_path / "run" / "arch.json").read_text())
     assert doc["info"]["budget_ms"] == 1000.0
     res = runner.invoke(app, args)
     assert res.exit_code == 2 and "--force" in res.output
+    res = runner.invoke(app, [*args, "--strategy", "softmax", "--force"])  # every candidate runs: no such note
+    assert res.exit_code == 0 and "differ in structure" not in res.output, res.output
 
 
 @pytest.mark.parametrize("budget", ["-5ms", "0", "fast"])

@@ -125,3 +125,18 @@ def test_bad_overrides() -> None:
         load_space("tiny", input_size=0)
     with pytest.raises(SpaceError, match="width multiplier"):
         load_space("tiny", width_mult=-1.0)
+
+
+@pytest.mark.parametrize("name", ["proxyless", "fbnet", "tiny"])
+def test_picks_inverts_blocks_arch(name: str) -> None:
+    """Layers aligned with slots: the choices an arch was built from come back, zero where a
+    layer was dropped, and an arch of another space is refused with the layer that does not fit."""
+    sp = load_space(name)
+    rng = random.Random(3)
+    for _ in range(5):
+        arch = sp.sample(rng)
+        picks = sp.picks(arch)
+        assert sp.blocks_arch(picks).to_dict() == arch.to_dict()
+    other = load_space("fbnet" if name != "fbnet" else "proxyless")
+    with pytest.raises(SpaceError, match="does not fit the space"):
+        sp.picks(other.sample(rng))

@@ -239,3 +239,22 @@ def test_sharing_default_follows_the_strategy_and_a_path_trains_the_shared_tenso
                         assert any(
                             c.weight.untyped_storage().data_ptr() == p.untyped_storage().data_ptr() for p in m.shared
                         )
+
+
+@pytest.mark.parametrize(
+    "name, example",
+    [
+        ("proxyless", None),  # MBConv k3/k5/k7 x e3/e6 + zero: every candidate with convs has the same roles
+        ("fbnet", "layer 0: mbconv_k3_e1 vs mbconv_k3_e3"),
+        ("darts", "normal node 0 input 0: sep_conv_3x3 vs dil_conv_3x3"),
+        ("tiny", "layer 1: mbconv_k3_e1 vs mbconv_k3_e3"),
+    ],
+)
+def test_unaligned_names_the_decisions_whose_candidates_differ_in_structure(name: str, example: str | None) -> None:
+    net = Supernet(load_space(name, input_size=32), make_strategy("binary"))
+    lines = net.unaligned()
+    if example is None:
+        assert lines == []
+    else:
+        assert example in lines
+        assert len(lines) == len({line.split(":")[0] for line in lines})  # one line per decision
