@@ -344,20 +344,22 @@ def _load_state(
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a training state")
-    except Exception as e:
+        said = settings_differ(state["config"], asdict(cfg))
+        if said:
+            raise HwnasError(
+                f"--resume: {path} was written with other settings ({said}); resume with the same options, "
+                f"or use --force to start over"
+            )
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        return int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"]), json.loads(state["history"])
+    except HwnasError:
+        raise
+    except Exception as e:  # truncated, foreign, or a training state with parts missing: one clear line
         raise HwnasError(
             f"--resume: {path} is not a readable hwnas training state ({type(e).__name__}); delete it to start over"
         ) from None
-    said = settings_differ(state["config"], asdict(cfg))
-    if said:
-        raise HwnasError(
-            f"--resume: {path} was written with other settings ({said}); resume with the same options, "
-            f"or use --force to start over"
-        )
-    net.load_state_dict(state["model"])
-    opt.load_state_dict(state["opt"])
-    sched.load_state_dict(state["sched"])
-    torch.set_rng_state(state["torch_rng"])
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"])
-    return int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"]), json.loads(state["history"])

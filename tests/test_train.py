@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from dataclasses import replace
@@ -147,14 +148,30 @@ def test_cli_train_then_export(data: Path, tmp_path: Path) -> None:
     assert onnx.is_file()
 
 
-def test_cli_resume_of_a_corrupt_state_is_one_line(data: Path, tmp_path: Path) -> None:
+def _state_bytes(state: object) -> bytes:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["garbage", "parts missing", "foreign model"])
+def test_cli_resume_of_a_corrupt_state_is_one_line(kind: str, data: Path, tmp_path: Path) -> None:
+    """A state that is not one, or one with its parts missing or from another network: one line,
+    exit 1, and the file is left as it was."""
+    from hwnas.train import STATE_FORMAT
+
     arch_path = tmp_path / "arch.json"
     arch_path.write_text(_arch("tiny").to_json())
     (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "last.pt").write_bytes(b"not a checkpoint")
+    bad = {
+        "garbage": b"not a checkpoint",
+        "parts missing": _state_bytes({"format": STATE_FORMAT}),
+        "foreign model": _state_bytes({"format": STATE_FORMAT, "config": {}, "model": {"w": torch.zeros(1)}}),
+    }[kind]
+    (tmp_path / "train" / "last.pt").write_bytes(bad)
     r = CliRunner().invoke(app, ["train", str(arch_path), "--epochs", "1", "--data-dir", str(data), "--resume"])
-    assert r.exit_code == 1 and "delete it to start over" in r.output and "Traceback" not in r.output
-    assert (tmp_path / "train" / "last.pt").read_bytes() == b"not a checkpoint"
+    assert r.exit_code == 1 and "delete it to start over" in r.output and "Traceback" not in r.output, r.output
+    assert (tmp_path / "train" / "last.pt").read_bytes() == bad
 
 
 def test_cuda_without_a_gpu_is_one_line(data: Path, tmp_path: Path) -> None:
