@@ -583,7 +583,14 @@ def validate_lut(
             highlight=False,
         )
     if json_out:
-        doc = {"lut": str(lut), "seed": seed, **r, "predicted_ms": f.predicted, "measured_ms": f.measured}
+        doc = {
+            "lut": str(lut),
+            "lut_sha256": table.sha256,  # what hwnas report matches against the run's LUT
+            "seed": seed,
+            **r,
+            "predicted_ms": f.predicted,
+            "measured_ms": f.measured,
+        }
         atomic_write(json_out, (json.dumps(doc, indent=2) + "\n").encode())
 
 

@@ -20,7 +20,9 @@ Files read from ``RUN_DIR`` (paths relative to it):
   ``hwnas measure RUN_DIR/arch.json --lut LUT --json`` (or ``hwnas export ... --json``) saved
   there; the key read is ``measured_ms``;
 * ``fidelity.json`` (``hwnas validate-lut --json``): the LUT's fidelity report with the per-net
-  lists ``predicted_ms`` and ``measured_ms`` (equal length, ms);
+  lists ``predicted_ms`` and ``measured_ms`` (equal length, ms); it counts as a report of this
+  run's LUT if its ``lut_sha256`` is the one ``arch.json`` records (files without that key, from
+  older versions, are matched by the LUT's file name);
 * ``random_nets.json`` (``bench/search_budget.py --quality --json``): accuracy of random networks
   of the same space. Format (a JSON object)::
 
@@ -54,15 +56,16 @@ import shlex
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from hwnas.arch import Arch
-from hwnas.errors import HwnasError, UsageError
+from hwnas.errors import HwnasError, check_out_path
 from hwnas.lut import LUT, Prediction, atomic_write
 
+LutStatus = Literal["found", "other", "unusable", "missing"]
 PROB_COLUMN = re.compile(r"^p\[(?P<row>[^\]]+)\]\[(?P<choice>[^\]]+)\]$")
 DPI = 110
 
@@ -75,7 +78,11 @@ class Run:
     """Everything read from a run directory; ``None`` where a piece is absent or unreadable.
 
     ``problems`` lists files that are present but could not be used (one line each);
-    ``lut_note`` says why the per-layer latency shares cannot be drawn (None: they can).
+    ``lut_note`` says why the per-layer latency shares cannot be drawn (None: they can), and
+    ``lut_status`` what :func:`load_run` found of the recorded LUT: ``"found"`` (the file the
+    search used), ``"other"`` (a file at that path with other content than ``lut_sha256``),
+    ``"unusable"`` (there but unreadable, or it cannot price this network), ``"missing"`` (not
+    recorded or not on this machine).
     """
 
     dir: Path
@@ -91,8 +98,10 @@ class Run:
     lut: LUT | None = None
     lut_file: Path | None = None
     lut_note: str | None = None
+    lut_status: LutStatus = "missing"
     prediction: Prediction | None = None
     problems: list[str] = field(default_factory=list)
+    _aligned: tuple[list[LayerSlot] | None, str | None] | None = field(default=None, init=False, repr=False)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -240,7 +249,8 @@ def find_lut(run_dir: Path, recorded: str) -> Path | None:
 
 
 def _load_lut(run: Run) -> None:
-    """Set ``run.lut`` and ``run.prediction`` if the recorded LUT is there and unchanged, else ``lut_note``."""
+    """Set ``run.lut`` and ``run.prediction`` if the recorded LUT is there and unchanged, else
+    ``lut_note``; ``lut_status`` either way."""
     from hwnas.lut import LutError
 
     info = run.info
@@ -256,9 +266,11 @@ def _load_lut(run: Run) -> None:
         lut = LUT.load(found)
     except LutError as e:
         run.lut_note = f"the LUT {found} cannot be used: {e}"
+        run.lut_status = "unusable"
         return
     run.lut_file = found
     if digest != lut.sha256:
+        run.lut_status = "other"
         run.lut_note = (
             f"the LUT {found} is not the one the search used (its sha256 is {lut.sha256[:12]}…, "
             f"arch.json records {str(digest)[:12]}…), so the latency shares are not drawn"
@@ -268,8 +280,10 @@ def _load_lut(run: Run) -> None:
         run.prediction = lut.predict(run.arch)
     except LutError as e:
         run.lut_note = f"the LUT {found} cannot price this network: {e}"
+        run.lut_status = "unusable"
         return
     run.lut = lut
+    run.lut_status = "found"
 
 
 # -- reading the history --------------------------------------------------------------------
@@ -315,7 +329,15 @@ class LayerSlot:
 
 def align_layers(run: Run) -> tuple[list[LayerSlot] | None, str | None]:
     """The block arch's layers aligned with its space's slots, or None and the reason (the space
-    file is needed to tell which slots ``zero`` dropped). Cell archs: None, None."""
+    file is needed to tell which slots ``zero`` dropped). Cell archs: None, None.
+
+    Computed once per run (it loads the space) and kept on ``run``."""
+    if run._aligned is None:
+        run._aligned = _align_layers(run)
+    return run._aligned
+
+
+def _align_layers(run: Run) -> tuple[list[LayerSlot] | None, str | None]:
     arch = run.arch
     if arch.kind != "blocks":
         return None, None
@@ -347,10 +369,12 @@ def derived_choices(run: Run) -> tuple[dict[str, str], str | None]:
     note when they cannot be told (block spaces need the space file to align layers with rows)."""
     arch = run.arch
     if arch.kind == "cells":
+        from hwnas.supernet import edge_label  # lazily: it imports torch
+
         out = {}
         for cell in ("normal", "reduce"):
-            for i, (op, src) in enumerate(arch.body["genotype"][cell]):
-                out[f"{cell} node {i // 2} input {src}"] = op
+            for i, (op, src) in enumerate(arch.body["genotype"][cell]):  # two inputs per node
+                out[edge_label(cell, i // 2, src)] = op
         return out, None
     aligned, why = align_layers(run)
     if aligned is None:
@@ -932,12 +956,12 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
     if info.get("lut_target"):
         add("LUT target", str(info["lut_target"]), "arch.json info")
     digest = str(info.get("lut_sha256", ""))
-    if run.lut is not None:
-        status = "matches the LUT file"
-    elif run.lut_file is not None and run.lut_note and "not the one" in run.lut_note:
-        status = "DIFFERS from the LUT file now on disk"
-    else:
-        status = "LUT file not found" if run.lut_file is None else "LUT file unusable"
+    status = {
+        "found": "matches the LUT file",
+        "other": "DIFFERS from the LUT file now on disk",
+        "unusable": "LUT file unusable",
+        "missing": "LUT file not found",
+    }[run.lut_status]
     add("LUT sha256", f"{digest[:16]}… ({status})" if digest else "not recorded", "arch.json info")
     if run.lut is not None:
         m = run.lut.meta
@@ -953,6 +977,23 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
         figures = f"MAPE {err.mean():.2f} %, max {err.max():.2f} %, within ±5 % {100 * (err <= 5).mean():.0f} %"
         add("LUT fidelity", f"{len(err)} random nets: {figures}", "fidelity.json")
     return pd.DataFrame(rows, columns=["", "value", "from"])
+
+
+def _fidelity_of_other_lut(fidelity: dict[str, Any], info: dict[str, Any]) -> str | None:
+    """The note that ``fidelity`` (fidelity.json) reports on another LUT than the run's (``info``
+    of arch.json), or None if it is the run's: the same ``lut_sha256`` if both record one, else
+    (fidelity.json of older versions) the same file name."""
+    theirs, ours = fidelity.get("lut_sha256"), info.get("lut_sha256")
+    if isinstance(theirs, str) and isinstance(ours, str):
+        if theirs == ours:
+            return None
+        return (
+            f"fidelity.json is the report of LUT {fidelity.get('lut')} (sha256 {theirs[:12]}…); this run was "
+            f"searched with {info.get('lut')} (sha256 {ours[:12]}…)."
+        )
+    if Path(str(fidelity.get("lut", ""))).name == Path(str(info.get("lut", ""))).name:
+        return None
+    return f"fidelity.json is the report of LUT {fidelity.get('lut')}; this run was searched with {info.get('lut')}."
 
 
 def _sections(run: Run, page: _Page) -> None:
@@ -1044,10 +1085,9 @@ def _sections(run: Run, page: _Page) -> None:
     page.h2("Predicted against measured latency")
     if run.fidelity is not None:
         f = run.fidelity
-        if Path(str(f.get("lut", ""))).name != Path(str(info.get("lut", ""))).name:
-            page.note(
-                f"fidelity.json is the report of LUT {f.get('lut')}; this run was searched with {info.get('lut')}."
-            )
+        other = _fidelity_of_other_lut(f, info)
+        if other:
+            page.note(other)
         own = (run.measured[0], predicted) if run.measured is not None and predicted is not None else None
         caption = (
             "Predicted against measured end-to-end latency of the fidelity report's random networks, with the ±5 % "
@@ -1090,15 +1130,13 @@ def build_report(run_dir: Path, out: Path | None = None) -> ReportResult:
     ``out`` is the HTML file (default ``run_dir/report/report.html``); the PNGs go in its
     directory, the page embeds each (base64 ``data:`` URI) and links it by file name. A run
     directory that does not exist or has no ``arch.json`` is a one-line
-    :class:`~hwnas.errors.HwnasError`, as is an ``out`` that is a directory; every other missing
-    or unreadable piece is reported in the page (and in the result), never raised.
+    :class:`~hwnas.errors.HwnasError`, as is an ``out`` that is a directory or whose directory
+    cannot be written (checked by :func:`~hwnas.errors.check_out_path` before anything is drawn);
+    every other missing or unreadable piece is reported in the page (and in the result), never raised.
     """
     run = load_run(Path(run_dir))
     html_path = Path(out) if out is not None else run.dir / "report" / "report.html"
-    if html_path.is_dir():
-        raise UsageError(
-            f"-o {html_path} is a directory; pass the HTML file to write, e.g. {html_path / 'report.html'}"
-        )
+    check_out_path(html_path, True, "-o")  # an existing report is replaced; its directory is created
     page = _Page()
     _sections(run, page)
     title = f"hwnas report: {run.dir}"

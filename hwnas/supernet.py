@@ -160,6 +160,12 @@ class Row:
     choices: tuple[str, ...]
 
 
+def edge_label(cell: str, node: int, src: int) -> str:
+    """The row label of a DARTS edge (``normal node 1 input 2``): input ``src`` of intermediate
+    node ``node`` of the ``cell`` (``normal`` or ``reduce``) cell; as in ``history.csv``."""
+    return f"{cell} node {node} input {src}"
+
+
 @dataclass(frozen=True)
 class Structure:
     """A space walked as a supernet: its plan, the candidates of each decision node, the rows."""
@@ -203,7 +209,7 @@ def structure(space: Space) -> Structure:
     for c, cell in enumerate(("normal", "reduce")):
         for k in range(n_edges):
             j, src = _edge_of(k, nodes)
-            rows.append(Row(f"{cell} node {j} input {src}", c, k, tuple(ops)))
+            rows.append(Row(edge_label(cell, j, src), c, k, tuple(ops)))
     mixed = {}
     for i, node in enumerate(plan.nodes):
         if node.tag[:1] == ("edge",):

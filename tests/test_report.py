@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from hwnas.arch import Arch
 from hwnas.cli import app
-from hwnas.errors import HwnasError
+from hwnas.errors import HwnasError, UsageError
+from hwnas.lut import LUT
 from hwnas.profiling.profile import profile
 from hwnas.report import align_layers, build_report, derived_choices, load_run
 from hwnas.search import SearchConfig, run_search
@@ -103,6 +104,7 @@ def test_validate_lut_json_has_the_per_net_lists(runs: dict[str, Path]) -> None:
     doc = json.loads((runs["tiny"] / "fidelity.json").read_text())
     assert len(doc["predicted_ms"]) == len(doc["measured_ms"]) == doc["nets"] == 3
     assert all(v > 0 for v in doc["predicted_ms"] + doc["measured_ms"])
+    assert doc["lut_sha256"] == LUT.load(runs["tiny"].parent / "tiny.csv").sha256  # what the report matches on
 
 
 def test_block_run_report_draws_every_piece(runs: dict[str, Path], block_report) -> None:
@@ -154,6 +156,8 @@ def test_derived_choices_are_the_arch_choices(runs: dict[str, Path]) -> None:
     for cell in ("normal", "reduce"):
         for i, (op, src) in enumerate(geno[cell]):
             assert marks[f"{cell} node {i // 2} input {src}"] == op
+    header = (runs["tiny_darts"] / "history.csv").read_text().splitlines()[0]
+    assert set(marks) <= set(re.findall(r"p\[((?:normal|reduce) node \d+ input \d+)\]", header))  # rows exist
     blocks = load_run(runs["tiny"])
     aligned, why = align_layers(blocks)
     assert why is None and aligned is not None
@@ -166,27 +170,71 @@ def test_derived_choices_are_the_arch_choices(runs: dict[str, Path]) -> None:
     assert rows == set(re.findall(r"p\[(layer \d+)\]", header))  # one mark per probability row
 
 
-@pytest.mark.parametrize("change", ["missing", "other"])
+@pytest.mark.parametrize(
+    "change, expect, status",
+    [
+        ("missing", "is not on this machine", "LUT file not found"),
+        ("other", "is not the one the search used", "DIFFERS from the LUT file now on disk"),
+        ("unusable", "cannot be used", "LUT file unusable"),
+    ],
+)
 def test_lut_missing_or_changed_is_said_and_strip_drawn_without_shares(
-    runs: dict[str, Path], tmp_path: Path, change: str
+    runs: dict[str, Path], tmp_path: Path, change: str, expect: str, status: str
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(runs["tiny"], run, ignore=shutil.ignore_patterns("report", "*.pt"))
     doc = json.loads((run / "arch.json").read_text())
     if change == "missing":
         doc["info"]["lut"] = str(tmp_path / "gone.csv")
-    else:
+    elif change == "other":
         doc["info"]["lut_sha256"] = "0" * 64
+    else:
+        (tmp_path / "broken.csv").write_text("not,a\nlut,table\n")
+        doc["info"]["lut"] = str(tmp_path / "broken.csv")
     (run / "arch.json").write_text(json.dumps(doc))
     r = build_report(run)
     html = r.html.read_text()
-    expect = "is not on this machine" if change == "missing" else "is not the one the search used"
     assert re.search(rf"Latency shares: the LUT [^<]*{expect}", html), html[:3000]
     assert "matches the LUT file" not in html
+    assert re.search(rf"<td>LUT sha256</td>\s*<td>[0-9a-f]{{16}}… \({status}\)</td>", html), status
     strip = r.html.parent / "network.png"
     assert strip in r.images
     assert_real_png(strip)
     assert load_run(run).prediction is None
+
+
+@pytest.mark.parametrize(
+    "lut, sha, flagged",
+    [
+        ("elsewhere/renamed.csv", "run's", False),  # another path, the same content: the run's LUT
+        ("run's", "0" * 64, True),  # the same path, other content: another LUT
+        ("elsewhere/tiny.csv", None, False),  # an older fidelity.json without lut_sha256: by file name
+        ("elsewhere/other.csv", None, True),
+    ],
+)
+def test_fidelity_json_is_matched_to_the_run_lut_by_sha256(
+    runs: dict[str, Path], tmp_path: Path, lut: str, sha: str | None, flagged: bool
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(runs["tiny"], run, ignore=shutil.ignore_patterns("report", "*.pt"))
+    info = json.loads((run / "arch.json").read_text())["info"]
+    doc = json.loads((run / "fidelity.json").read_text())
+    doc["lut"] = info["lut"] if lut == "run's" else lut
+    doc.pop("lut_sha256")
+    if sha is not None:
+        doc["lut_sha256"] = info["lut_sha256"] if sha == "run's" else sha
+    (run / "fidelity.json").write_text(json.dumps(doc))
+    r = build_report(run)
+    html = r.html.read_text()
+    said = [n for n in r.notes if n.startswith("fidelity.json is the report of LUT")]
+    assert "fidelity.png" in {p.name for p in r.images}  # drawn either way
+    if flagged:
+        assert len(said) == 1 and f"this run was searched with {info['lut']}" in said[0], r.notes
+        assert html.count("fidelity.json is the report of LUT") == 1
+        if sha is not None:
+            assert sha[:12] in said[0] and info["lut_sha256"][:12] in said[0]  # same path: the hashes tell them apart
+    else:
+        assert said == [] and "fidelity.json is the report of LUT" not in html, r.notes
 
 
 def test_unusable_files_are_reported_not_raised(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -228,6 +276,12 @@ def test_cli_report_without_dot_and_its_errors(
         assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], res.output
         with pytest.raises(HwnasError, match=says):
             build_report(bad)
+    res = cli("report", runs["tiny_darts"], "-o", tmp_path / "elsewhere")  # a directory, not the HTML file
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and re.search(r"-o \S*elsewhere is a directory; -o takes the file to write", lines[0])
+    with pytest.raises(UsageError, match="is a directory"):
+        build_report(runs["tiny_darts"], tmp_path / "elsewhere")
 
 
 def _chromium() -> str | None:
