@@ -351,7 +351,7 @@ def _align_layers(run: Run) -> tuple[list[LayerSlot] | None, str | None]:
     try:
         picks = space.picks(arch)
     except HwnasError as e:
-        return None, f"arch.json: {e}"
+        return None, f"arch.json {e}"
     out: list[LayerSlot] = []
     i = 0
     for slot, pick in zip(space.slots(), picks, strict=True):

@@ -197,27 +197,44 @@ class Space:
         return slots
 
     def blocks_arch(self, picks: list[Choice], info: Mapping[str, Any] | None = None) -> Arch:
-        """The arch with ``picks[i]`` at slot ``i``; ``zero`` layers are left out."""
+        """The arch with ``picks[i]`` at slot ``i``; ``zero`` layers are left out. ``info`` gets
+        ``choices``, the label of every slot's pick, so that :meth:`picks` can tell which of
+        several identical slots a dropped layer was."""
         slots = self.slots()
         if len(picks) != len(slots):
             raise SpaceError(f"{self.name}: {len(picks)} choices given for {len(slots)} layers")
         layers = [c.layer(s.out, s.stride) for s, c in zip(slots, picks, strict=True) if c.op != "zero"]
         body = {"stem": self.stem(), "layers": layers, "head": self.head()}
-        return Arch("blocks", self.name, self.input_shape, body, dict(info or {}))
+        return Arch("blocks", self.name, self.input_shape, body, {**(info or {}), "choices": [c.label for c in picks]})
 
     def picks(self, arch: Arch) -> list[Choice]:
         """The choice of every slot in a block arch of this space (``zero`` where a layer is
         absent): the inverse of :meth:`blocks_arch`, the one place layers are aligned with slots.
 
-        Raises SpaceError, naming the first layer that fits no slot, if ``arch`` is not an arch
-        of this space at this input size and width.
+        The layers alone do not say which of several identical slots (same width, stride and
+        choices: the blocks of a stage) a ``zero`` dropped, so the labels :meth:`blocks_arch`
+        records in ``info["choices"]`` decide when they rebuild the arch. Without them (an arch
+        written by hand or by another tool) layers fill slots in order and the dropped ones are
+        the last of their run of identical slots: the same network, but probabilities of the
+        search's per-slot rows may then be read for a neighbouring slot.
+
+        Raises SpaceError, naming the first layer that fits no slot, if ``arch`` is not a block
+        arch of this space and width.
         """
-        layers = list(arch.body.get("layers", [])) if arch.kind == "blocks" else None
-        if layers is None:
-            raise SpaceError(f"{self.name}: a {arch.kind} arch has no layers to align with the slots")
-        picks: list[Choice] = []
+        if arch.kind != "blocks":
+            raise SpaceError(f"is a {arch.kind} arch, not one of the block space {self.name!r}")
+        slots = self.slots()
+        labels = arch.info.get("choices")
+        if isinstance(labels, list) and len(labels) == len(slots):
+            by_label = [{c.label: c for c in s.choices} for s in slots]
+            if all(isinstance(lb, str) and lb in d for lb, d in zip(labels, by_label, strict=True)):
+                picks = [d[lb] for lb, d in zip(labels, by_label, strict=True)]
+                if self.blocks_arch(picks).body == arch.body:
+                    return picks
+        layers = list(arch.body.get("layers", []))
+        out: list[Choice] = []
         i = 0
-        for slot in self.slots():
+        for slot in slots:
             cur = layers[i] if i < len(layers) else None
             pick = next((c for c in slot.choices if cur is not None and c.layer(slot.out, slot.stride) == cur), None)
             if pick is not None:
@@ -225,11 +242,11 @@ class Space:
             else:
                 pick = next((c for c in slot.choices if c.op == "zero"), None)
                 if pick is None:
-                    raise SpaceError(f"the arch does not fit the space {self.name!r} (layers[{i}], slot {slot.index})")
-            picks.append(pick)
+                    raise SpaceError(f"does not fit the space {self.name!r} (layers[{i}], slot {slot.index})")
+            out.append(pick)
         if i != len(layers):
-            raise SpaceError(f"the arch does not fit the space {self.name!r} ({len(layers) - i} layer(s) left over)")
-        return picks
+            raise SpaceError(f"does not fit the space {self.name!r} ({len(layers) - i} layer(s) left over)")
+        return out
 
     # -- cell spaces ------------------------------------------------------------------------
     @property

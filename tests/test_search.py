@@ -300,3 +300,31 @@ def test_resume_names_the_setting_that_differs_and_reads_older_checkpoints(
         run_search(replace(cfg, lr=0.02), lut, tmp_path, resume=True)
     with pytest.raises(HwnasError, match=r"share_weights False there, True now"):
         run_search(replace(cfg, share_weights=True), lut, tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("space", ["proxyless", "tiny", "darts"])
+def test_budget_repair_starts_from_the_decisions_the_search_derived(space: str) -> None:
+    """The repair scores swaps with the log-probabilities of each decision's own row: the state it
+    reads back from the derived arch is the argmax of every row, also where a stage's identical
+    slots drop a block with zero."""
+    import torch
+
+    from hwnas.search import _state_of
+    from hwnas.strategies import make_strategy
+    from hwnas.supernet import Supernet
+
+    torch.manual_seed(0)
+    net = Supernet(load_space(space, input_size=32), make_strategy("softmax"))
+    for _ in range(5):
+        with torch.no_grad():
+            for a in net.alphas:
+                a.normal_()
+        state = dict(_state_of(net, net.derive()))
+        if net.space.kind == "blocks":
+            assert state == {k: int(net.probs(k).argmax()) for k in range(len(net.rows))}
+        else:  # DARTS: the two kept edges of each node, each with its best non-none op
+            none = net.space.cell_ops.index("none")
+            for row, op in state.items():
+                p = net.probs(row).clone()
+                p[none] = -1
+                assert op == int(p.argmax())

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from hwnas.arch import Arch
 from hwnas.space import SpaceError, builtin_spaces, expand_grid, load_space
 
 SPACES = builtin_spaces()
@@ -129,14 +130,18 @@ def test_bad_overrides() -> None:
 
 @pytest.mark.parametrize("name", ["proxyless", "fbnet", "tiny"])
 def test_picks_inverts_blocks_arch(name: str) -> None:
-    """Layers aligned with slots: the choices an arch was built from come back, zero where a
-    layer was dropped, and an arch of another space is refused with the layer that does not fit."""
+    """The choices an arch was built from come back, slot by slot (zero where a layer was
+    dropped, also among identical slots); without the recorded labels the same network comes
+    back; an arch of another space is refused naming the layer that does not fit."""
     sp = load_space(name)
     rng = random.Random(3)
-    for _ in range(5):
+    for _ in range(20):
         arch = sp.sample(rng)
         picks = sp.picks(arch)
+        assert [c.label for c in picks] == arch.info["choices"]
         assert sp.blocks_arch(picks).to_dict() == arch.to_dict()
+        bare = Arch(arch.kind, arch.space, arch.input, arch.body, {})  # written by hand: no labels
+        assert sp.blocks_arch(sp.picks(bare)).body == arch.body
     other = load_space("fbnet" if name != "fbnet" else "proxyless")
     with pytest.raises(SpaceError, match="does not fit the space"):
         sp.picks(other.sample(rng))
