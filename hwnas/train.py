@@ -226,6 +226,7 @@ def run_train(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and (out_dir / "last.pt").exists():
+            _check_same_network(out_dir / "arch.json", trained)
             start, best_val, best_epoch, history = _load_state(out_dir / "last.pt", cfg, net, opt, sched)
         else:
             write_json_atomic(out_dir / "config.json", asdict(cfg))
@@ -335,6 +336,25 @@ def _save_state(
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write(path, buf.getvalue())
+
+
+def _check_same_network(path: Path, trained: Arch) -> None:
+    """``--resume`` continues the network the run trained (its ``arch.json``), not another one
+    whose weights happen to have the same shapes. A run directory without ``arch.json`` is left
+    to the state's own checks."""
+    if not path.exists():
+        return
+    try:
+        doc = json.loads(path.read_text())
+        want = json.loads(trained.to_json())
+        same = isinstance(doc, dict) and all(doc.get(k) == v for k, v in want.items() if k != "info")
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        raise HwnasError(
+            f"--resume: {path.parent} trained another network than this arch (see {path}); resume with that arch, "
+            f"or use --force or another --out to train this one"
+        )
 
 
 def _load_state(

@@ -154,24 +154,47 @@ def _state_bytes(state: object) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kind", ["garbage", "parts missing", "foreign model"])
+@pytest.mark.parametrize("kind", ["garbage", "parts missing", "foreign weights"])
 def test_cli_resume_of_a_corrupt_state_is_one_line(kind: str, data: Path, tmp_path: Path) -> None:
-    """A state that is not one, or one with its parts missing or from another network: one line,
-    exit 1, and the file is left as it was."""
+    """A state that is not one, one with its parts missing, or one whose weights are not this
+    network's: one line, exit 1, and the file is left as it was."""
     from hwnas.train import STATE_FORMAT
 
     arch_path = tmp_path / "arch.json"
     arch_path.write_text(_arch("tiny").to_json())
-    (tmp_path / "train").mkdir()
-    bad = {
-        "garbage": b"not a checkpoint",
-        "parts missing": _state_bytes({"format": STATE_FORMAT}),
-        "foreign model": _state_bytes({"format": STATE_FORMAT, "config": {}, "model": {"w": torch.zeros(1)}}),
-    }[kind]
+    args = ["train", str(arch_path), "--epochs", "1", "--batch-size", "16", "--data-dir", str(data), "--resume"]
+    if kind == "foreign weights":  # a real state, its weights swapped for another network's
+        r = CliRunner().invoke(app, args[:-1])
+        assert r.exit_code == 0, r.output
+        state = torch.load(tmp_path / "train" / "last.pt", weights_only=True)
+        bad = _state_bytes({**state, "model": {"w": torch.zeros(1)}})
+    else:
+        (tmp_path / "train").mkdir()
+        bad = b"not a checkpoint" if kind == "garbage" else _state_bytes({"format": STATE_FORMAT})
     (tmp_path / "train" / "last.pt").write_bytes(bad)
-    r = CliRunner().invoke(app, ["train", str(arch_path), "--epochs", "1", "--data-dir", str(data), "--resume"])
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "delete it to start over" in r.output and "Traceback" not in r.output, r.output
     assert (tmp_path / "train" / "last.pt").read_bytes() == bad
+
+
+def test_cli_resume_with_another_arch_is_refused(data: Path, tmp_path: Path) -> None:
+    """--resume in a run directory continues that run's network: another arch, even one whose
+    weights have the same shapes (here: only the activation differs), is refused in one line."""
+    arch = _arch("tiny")
+    (tmp_path / "a.json").write_text(arch.to_json())
+    doc = json.loads(arch.to_json())
+    doc["stem"]["act"] = "relu6" if doc["stem"]["act"] != "relu6" else "relu"
+    (tmp_path / "b.json").write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    base = ["--epochs", "1", "--batch-size", "16", "--data-dir", str(data), "--out", str(out)]
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "a.json"), *base])
+    assert r.exit_code == 0, r.output
+    before = (out / "last.pt").read_bytes()
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "b.json"), *base, "--resume"])
+    assert r.exit_code == 1 and "trained another network" in r.output and "Traceback" not in r.output, r.output
+    assert (out / "last.pt").read_bytes() == before
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "a.json"), *base, "--resume"])  # the same arch resumes
+    assert r.exit_code == 0, r.output
 
 
 def test_cuda_without_a_gpu_is_one_line(data: Path, tmp_path: Path) -> None:
