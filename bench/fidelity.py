@@ -83,7 +83,8 @@ def main() -> None:
             f"{r['config']:<18}{r['keys']:>5}{r['profile_seconds']:>10.1f}{r['mape_pct']:>8.2f}{r['max_error_pct']:>7.2f}"
             f"{r['within_5pct'] * 100:>5.0f}%{r['within_10pct'] * 100:>5.0f}%{r['spearman']:>9.4f}{r['kendall']:>8.4f}"
             f"{(r['drift'] - 1) * 100:>+8.2f}{r['corrected']['mape_pct']:>13.2f}{r['corrected']['max_error_pct']:>12.2f}"
-            f"{r['corrected']['within_5pct'] * 100:>9.0f}%{r['repeatability']['mean_diff_pct']:>12.2f}"
+            f"{r['corrected']['within_5pct'] * 100:>9.0f}%"
+            + (f"{r['repeatability']['mean_diff_pct']:>12.2f}" if r.get("repeatability") else f"{'n/a':>12}")
         )
         if a.repeat:
             line += f"{r['repeat_max_diff_pct']:>20.2f}"

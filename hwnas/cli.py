@@ -568,9 +568,10 @@ def validate_lut(
     ]  # fmt: skip
     rep = r.get("repeatability")
     if rep:
+        rho = f"{rep['spearman']:.4f}" if rep["spearman"] is not None else "n/a"
         rows.append((
             "repeatability (even vs odd rounds)",
-            f"{rep['mean_diff_pct']:.2f} % mean, {rep['max_diff_pct']:.2f} % max, Spearman {rep['spearman']:.4f}", "",
+            f"{rep['mean_diff_pct']:.2f} % mean, {rep['max_diff_pct']:.2f} % max, Spearman {rho}", "",
         ))  # fmt: skip
     for row in rows:
         t.add_row(*row)
@@ -578,9 +579,11 @@ def validate_lut(
     if rep and rep["mean_diff_pct"] >= 2.0:
         err.print(
             f"note: the measurements disagree with themselves by {rep['mean_diff_pct']:.1f} % on average (even vs "
-            "odd rounds): errors of that size are this machine's noise, not the LUT's; measure on a quieter "
+            "odd rounds): errors of that order are this machine's noise, not the LUT's; measure on a quieter "
             "machine or with more --rounds",
             highlight=False,
+            markup=False,
+            soft_wrap=True,
         )
     if json_out:
         doc = {
@@ -742,7 +745,14 @@ def search(
             )
             bar(st["epoch"], epochs, info)
 
-        arch = run_search(cfg, table, run, update, resume=resume, note=lambda m: err.print(m, highlight=False))
+        arch = run_search(
+            cfg,
+            table,
+            run,
+            update,
+            resume=resume,
+            note=lambda m: err.print(m, highlight=False, markup=False, soft_wrap=True),
+        )
     i = arch.info
     if not main:
         return

@@ -80,27 +80,29 @@ def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | N
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.csv"
         runner.run_jobs(jobs, s.rounds, s.effective_timing, results, progress)
-        rows = read_rows(results)
-    by: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        by.setdefault(r["name"], []).append((int(r["round"]), float(r["median_ms"])))
-    return [[v for _, v in sorted(by[f"arch{i}"])] for i in range(len(archs))]
+        by = runner.round_values(read_rows(results))
+    return [by[f"arch{i}"] for i in range(len(archs))]
 
 
-def repeatability(rounds: list[list[float]]) -> dict[str, float] | None:
+def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     """How well the measurement agrees with itself: each net's rounds split into two halves (even
-    and odd rounds), each half summarised like the whole (median of round medians), compared.
+    and odd rounds; with an odd count the even half has one more), each half summarised like the
+    whole (median of its round medians), the halves compared.
 
     ``mean_diff_pct`` / ``max_diff_pct``: mean / max of ``|a / b - 1|`` (%); ``spearman``: the
-    halves' rank correlation. A predictor cannot be checked more finely than this: figures of the
-    fidelity report near these are the machine's noise, not the LUT's error. None with < 2 rounds.
+    halves' rank correlation (None for fewer than 3 nets or a constant half). Each half has half
+    the rounds and both are noisy, so the whole measurement's own noise is roughly half the mean
+    difference; fidelity errors of that order are the machine's, not the LUT's. None with fewer
+    than 2 rounds.
     """
     if not rounds or min(len(r) for r in rounds) < 2:
         return None
     a = np.array([np.median(r[0::2]) for r in rounds])
     b = np.array([np.median(r[1::2]) for r in rounds])
     d = np.abs(a / b - 1) * 100
-    rho = float(stats.spearmanr(a, b).statistic) if len(a) >= 3 else float("nan")
+    rho: float | None = None
+    if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
+        rho = float(stats.spearmanr(a, b).statistic)
     return {"mean_diff_pct": float(d.mean()), "max_diff_pct": float(d.max()), "spearman": rho}
 
 
@@ -146,7 +148,7 @@ class Fidelity:
     measured: list[float]
     drift: float | None
     profile_seconds: float | None
-    repeat: dict[str, float] | None = None
+    repeat: dict[str, float | None] | None = None
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)

@@ -316,20 +316,15 @@ def _run_search(
     strategy = make_strategy(cfg.strategy, hard=cfg.hard)
     net = Supernet(train_sp, strategy, lut, price_space=deploy, share=cfg.share_weights)
     floor = lut.predict(min_latency_arch(net, lut)).total_ms
-    unaligned = net.unaligned() if strategy.single_path else []
-    if note is not None and main and unaligned:
-        note(
-            f"note: {cfg.strategy}{' --hard' if cfg.hard else ''} runs one candidate per step, and in "
-            f"{len(unaligned)} decision(s) of {deploy.name} the candidates differ in structure "
-            f"({unaligned[0]}): shared weights cannot make them compute related features, so the supernet learns "
-            "slowly (on fbnet it stayed near chance in 3-epoch searches); softmax or soft gumbel learns sooner, or "
-            "give it more --epochs"
-        )
     if cfg.budget_ms < floor:
         raise HwnasError(
             f"--latency-budget {cfg.budget_ms:.4g} ms is below the fastest network of {deploy.describe()} on this LUT "
             f"({floor:.4g} ms); ask for at least that"
         )
+    if note is not None and main and not resume and strategy.single_path:
+        advice = _one_path_advice(net, f"{cfg.strategy}{' --hard' if cfg.hard else ''}")
+        if advice:
+            note(advice)
     device = dist.device if dist is not None else training_device(cfg.device)
     net.to(device)
     objective = get_objective(cfg.loss)
@@ -390,6 +385,26 @@ def _run_search(
     if main:
         atomic_write(out_dir / "arch.json", arch.to_json().encode())
     return arch
+
+
+def _one_path_advice(net: Supernet, strategy: str) -> str | None:
+    """One line for a one-path strategy whose supernet will learn slowly, or None."""
+    name = net.price_space.name
+    if not net.share:
+        return (
+            f"note: {strategy} runs one candidate per step and --separate-weights gives each its own weights: "
+            f"the next layer sees unrelated features from every candidate and the supernet learns slowly; "
+            f"--share-weights (the default) relates candidates of the same structure"
+        )
+    unaligned = net.unaligned()
+    if not unaligned:
+        return None
+    return (
+        f"note: {strategy} runs one candidate per step, and in {len(unaligned)} decision(s) of {name} the candidates "
+        f"differ in structure ({unaligned[0]}): shared weights cannot make them compute related features, so the "
+        "supernet learns slowly (on fbnet it stayed near chance in 3-epoch searches); softmax or soft gumbel learns "
+        "sooner, or give it more --epochs"
+    )
 
 
 def _epoch(

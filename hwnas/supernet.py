@@ -286,9 +286,11 @@ class Supernet(nn.Module):
     def unaligned(self) -> list[str]:
         """Decisions whose candidates differ in structure, one line each (``row: a vs b``).
 
-        Candidates with convs align when they have the same conv roles (:func:`conv_roles`):
-        then sharing makes them compute related features (MBConv e3 vs e6, k3 vs k7). Candidates
-        without convs (zero, identity skip, pools) align with anything. Where roles differ (MBConv
+        Candidates align when they have the same conv roles (:func:`conv_roles`): then sharing
+        makes them compute related features (MBConv e3 vs e6, k3 vs k7). Candidates without
+        shareable convs (zero, identity skip, pools) align with anything. Sharing some roles is
+        not enough: MBConv e1 and e3 share their depthwise and project convs, but e1's run on the
+        block's input and e3's on its expansion. Where roles differ (MBConv
         e1 vs e3, a 1x1 skip projection, DARTS's sep_conv vs dil_conv) a one-path strategy trains
         each candidate in a fraction of the steps on features unrelated to the others'.
         """

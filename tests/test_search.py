@@ -187,6 +187,10 @@ def test_cli_search(data_dir: Path, luts, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--force" in res.output
     res = runner.invoke(app, [*args, "--strategy", "softmax", "--force"])  # every candidate runs: no such note
     assert res.exit_code == 0 and "differ in structure" not in res.output, res.output
+    res = runner.invoke(app, [*args, "--strategy", "gumbel", "--hard", "--force"])
+    assert res.exit_code == 0 and "gumbel --hard runs one candidate per step" in res.output, res.output
+    res = runner.invoke(app, [*args, "--separate-weights", "--force"])
+    assert res.exit_code == 0 and "--separate-weights gives each its own weights" in res.output, res.output
 
 
 @pytest.mark.parametrize("budget", ["-5ms", "0", "fast"])

@@ -353,12 +353,17 @@ def run_jobs(
     return timed
 
 
+def round_values(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+    """Each name's per-round medians (ms), in round order."""
+    by: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        by[r["name"]].append((int(r["round"]), float(r["median_ms"])))
+    return {k: [v for _, v in sorted(xs)] for k, xs in by.items()}
+
+
 def round_medians(rows: list[dict[str, str]]) -> dict[str, float]:
     """Each name's figure: the median over rounds of its per-round medians (ms)."""
-    by: dict[str, list[float]] = defaultdict(list)
-    for r in rows:
-        by[r["name"]].append(float(r["median_ms"]))
-    return {k: statistics.median(v) for k, v in by.items()}
+    return {k: statistics.median(v) for k, v in round_values(rows).items()}
 
 
 # -- the standalone runner ------------------------------------------------------------------
