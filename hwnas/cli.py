@@ -234,9 +234,17 @@ def load_target(path: Path) -> dict[str, Any]:
     from hwnas.profiling.profile import ProfileSettings
 
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"--target {path}: no such file (see profilers/ for examples)") from None
+    except IsADirectoryError:
+        raise UsageError(f"--target {path}: is a directory; pass a target profile TOML (see profilers/)") from None
+    except OSError as e:
+        raise UsageError(
+            f"--target {path}: cannot be read ({e.strerror}); check the path and its permissions"
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--target {path}: not a text file; a target profile is UTF-8 TOML (see profilers/)") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"--target {path}: not valid TOML ({e})") from None
     allowed = set(ProfileSettings.__dataclass_fields__) | {"name", "description"}

@@ -189,3 +189,27 @@ def test_sample_refuses_to_overwrite(samples: Path) -> None:
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     res = run("--debug", "sample", "--space", "nope", "--out", tmp_path)
     assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    "kind, said",
+    [
+        ("missing", "no such file"),
+        ("directory", "is a directory"),
+        ("binary", "not a text file"),
+        ("not toml", "not valid TOML"),
+        ("unknown field", "unknown field(s) speed"),
+    ],
+)
+def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) -> None:
+    target = {"missing": tmp_path / "nope.toml", "directory": tmp_path}.get(kind, tmp_path / "t.toml")
+    if kind == "binary":
+        target.write_bytes(b"\xb3\x00\xff" * 20)
+    elif kind == "not toml":
+        target.write_text("threads = = 1\n")
+    elif kind == "unknown field":
+        target.write_text("speed = 3\n")
+    out = tmp_path / "lut.csv"
+    res = run("profile", "--space", "tiny", "--target", target, "--out", out)
+    assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+    assert not out.exists()
