@@ -6,25 +6,34 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 
-# Fashion-MNIST, the default data set, comes offline from Debian's package (see hwnas/data.py);
-# elsewhere it is optional: --data-dir points at the files instead.
+# Debian packages, when apt-get is here and we are root: the package index is updated at most
+# once, and only if something is missing.
+apt_updated=""
+apt_install() {
+  if [ -z "$apt_updated" ]; then apt-get update -qq || return 1; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+missing_debs() {
+  local pkg out=""
+  for pkg in "$@"; do
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" = "install ok installed" ] || out="$out $pkg"
+  done
+  echo "$out"
+}
+
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  if [ "$(dpkg-query -W -f='${Status}' dataset-fashion-mnist 2>/dev/null || true)" != "install ok installed" ]; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+  # Fashion-MNIST, the default data set, comes offline from Debian's package (see hwnas/data.py);
+  # elsewhere it is optional: --data-dir points at the files instead.
+  if [ -n "$(missing_debs dataset-fashion-mnist)" ]; then
+    apt_install dataset-fashion-mnist \
       || echo "install.sh: warning: could not install dataset-fashion-mnist; pass --data-dir to hwnas for Fashion-MNIST" >&2
   fi
-fi
-
-# hwnas report draws DARTS cells with graphviz's dot (without it: a plainer matplotlib drawing); its
-# test opens a report in headless Chromium (skipped without it). Both optional.
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  missing=""
-  for pkg in graphviz chromium; do
-    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" = "install ok installed" ] || missing="$missing $pkg"
-  done
+  # hwnas report draws DARTS cells with graphviz's dot (without it: a plainer matplotlib drawing);
+  # its test opens a report in headless Chromium (skipped without it). Both optional.
+  missing="$(missing_debs graphviz chromium)"
   if [ -n "$missing" ]; then
     # shellcheck disable=SC2086
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null; } \
+    apt_install $missing \
       || echo "install.sh: warning: could not install Debian's$missing; hwnas report draws DARTS cells without dot, the browser test skips" >&2
   fi
 fi
