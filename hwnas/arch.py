@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwnas.checks import is_int
 from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, Shape, get_op, make_call
 
@@ -119,7 +120,7 @@ class Arch:
         if extra:
             raise ArchError(f"{source}: unexpected field(s) {', '.join(extra)}; remove them")
         inp = data["input"]
-        if not (isinstance(inp, list) and len(inp) == 3 and all(_is_pos_int(v) for v in inp)):
+        if not (isinstance(inp, list) and len(inp) == 3 and all(is_int(v, 1) for v in inp)):
             raise ArchError(f"{source}: field 'input' must be [C, H, W] positive ints, got {inp!r}")
         info = data.get("info", {})
         if not isinstance(info, dict):
@@ -163,14 +164,6 @@ class Arch:
 
 _BLOCK_FIELDS = ("stem", "layers", "head")
 _CELL_FIELDS = ("C", "layers", "stem_multiplier", "reduce_at", "classes", "genotype")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_pos_int(v: Any) -> bool:
-    return _is_int(v) and v > 0
 
 
 def _plain(obj: Any) -> Any:
@@ -239,11 +232,11 @@ def _walk_blocks(arch: Arch) -> Iterator[Node]:
 def _walk_cells(arch: Arch) -> Iterator[Node]:
     body = arch.body
     for f in ("C", "layers", "stem_multiplier", "classes"):
-        if not _is_pos_int(body[f]):
+        if not is_int(body[f], 1):
             raise ArchError(f"field {f!r} must be a positive integer, got {body[f]!r}")
     n_layers = body["layers"]
     reduce_at = body["reduce_at"]
-    if not (isinstance(reduce_at, list) and all(_is_int(r) and 0 <= r < n_layers for r in reduce_at)):
+    if not (isinstance(reduce_at, list) and all(is_int(r, 0) and r < n_layers for r in reduce_at)):
         raise ArchError(f"field 'reduce_at' must list cell indices in [0, {n_layers}), got {reduce_at!r}")
     geno = body["genotype"]
     if not isinstance(geno, dict) or set(geno) != {"normal", "reduce"}:
@@ -301,7 +294,7 @@ def _check_cell(edges: Any, where: str) -> list[list[tuple[str, int]]]:
     if not isinstance(edges, list) or not edges or len(edges) % 2:
         raise ArchError(f"{where} must be a non-empty list of [OP, INPUT] pairs, two per node")
     for i, edge in enumerate(edges):
-        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str) and _is_int(edge[1])):
+        if not (isinstance(edge, list) and len(edge) == 2 and isinstance(edge[0], str) and is_int(edge[1])):
             raise ArchError(f"{where}[{i}] must be [OP, INPUT] (an op name and an input index), got {edge!r}")
         op, src = edge
         node = i // 2

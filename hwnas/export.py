@@ -34,6 +34,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hwnas import __version__
 from hwnas.arch import Arch, ArchError
+from hwnas.checks import is_number
 from hwnas.errors import HwnasError, check_out_path
 from hwnas.lut import LUT, LutError, atomic_write
 from hwnas.onnx_io import OPSET, export_onnx
@@ -549,7 +550,7 @@ def export_model(
         if a.info.get("lut_sha256") not in (None, lut.sha256):
             notes.append(f"note: the arch was searched with another LUT ({a.info.get('lut', 'sha256 differs')})")
     budget = a.info.get("budget_ms")
-    budget = float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) else None
+    budget = float(budget) if is_number(budget) else None
     folded, n_folded = fold_batchnorm(src.net)
     data = export_bytes(folded, a)
     model = onnx.load_from_string(data)

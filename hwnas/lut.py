@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from hwnas.arch import Arch, Plan
+from hwnas.checks import is_int, is_number
 from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, parse_key
 from hwnas.profiling.runner import TimingSettings, atomic_write
@@ -229,14 +230,6 @@ class LUT:
         return lut
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
-
-
 def _check_meta(meta: dict[str, Any], mp: Path) -> None:
     """Refuse metadata fields of the wrong kind, which commands would otherwise trip over later."""
 
@@ -246,9 +239,9 @@ def _check_meta(meta: dict[str, Any], mp: Path) -> None:
         )
 
     for f in ("input_size", "threads", "batch", "rounds", "in_channels", "num_classes"):
-        if f in meta and not (_pos_int(meta[f]) or (f in ("in_channels", "num_classes") and meta[f] is None)):
+        if f in meta and not (is_int(meta[f], 1) or (f in ("in_channels", "num_classes") and meta[f] is None)):
             raise bad(f, "a positive integer")
-    if not (_finite(meta["width_mult"]) and meta["width_mult"] > 0):
+    if not (is_number(meta["width_mult"]) and meta["width_mult"] > 0):
         raise bad("width_mult", "a positive number")
     for f, allowed in (("backend", BACKENDS), ("device_kind", DEVICE_KINDS)):
         if meta[f] not in allowed:
@@ -256,11 +249,11 @@ def _check_meta(meta: dict[str, Any], mp: Path) -> None:
     if not isinstance(meta["space"], str) or not isinstance(meta.get("space_source", ""), str | None):
         raise bad("space", "a space name")
     model = meta["model"]
-    if not (isinstance(model, dict) and _finite(model.get("scale")) and _finite(model.get("overhead_ms"))):
+    if not (isinstance(model, dict) and is_number(model.get("scale")) and is_number(model.get("overhead_ms"))):
         raise LutError(f"{mp}: field 'model' needs finite 'scale' and 'overhead_ms'")
     timing = meta.get("timing", {})
     known = {f.name for f in fields(TimingSettings)}
-    if not (isinstance(timing, dict) and set(timing) <= known and all(_finite(v) for v in timing.values())):
+    if not (isinstance(timing, dict) and set(timing) <= known and all(is_number(v) for v in timing.values())):
         raise bad("timing", f"an object of numbers with keys among {', '.join(sorted(known))}")
     settings = meta.get("settings", {})
     if not (isinstance(settings, dict) and all(isinstance(v, dict) for v in settings.values())):

@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from hwnas.checks import is_int, is_number
 from hwnas.errors import HwnasError
 
 
@@ -231,7 +232,7 @@ class DualLambda:
         if missing:
             raise ObjectiveError(f"DualLambda state is missing {', '.join(missing)}")
         steps = state["steps"]
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        if not is_int(steps, 0):
             raise ObjectiveError(f"DualLambda state: steps must be an int >= 0, got {steps!r}")
         value = _nonneg("DualLambda state: value", state["value"])
         lr = _positive("DualLambda state: lr", state["lr"])
@@ -242,7 +243,7 @@ class DualLambda:
 
 
 def _number(what: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if not is_number(v):
         raise ObjectiveError(f"{what} must be a finite number, got {v!r}")
     return float(v)
 

@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from hwnas.arch import Arch
+from hwnas.checks import is_number
 from hwnas.errors import HwnasError, check_out_path
 from hwnas.lut import LUT, Prediction, atomic_write
 
@@ -146,7 +147,7 @@ def load_run(run_dir: Path) -> Run:
             run.problems.append(f"model.onnx could not be read ({e})")
     for name in ("measure.json", "export.json"):
         doc = _read_json(run, name)
-        if doc is not None and _is_number(doc.get("measured_ms")):
+        if doc is not None and is_number(doc.get("measured_ms")):
             run.measured = (float(doc["measured_ms"]), name)
             break
         if doc is not None:
@@ -155,10 +156,6 @@ def load_run(run_dir: Path) -> Run:
     run.random_nets = _check_random_nets(run, _read_json(run, "random_nets.json"))
     _load_lut(run)
     return run
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _parses(v: str | None) -> bool:
@@ -210,7 +207,7 @@ def _check_fidelity(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] | No
         return None
     p, m = doc.get("predicted_ms"), doc.get("measured_ms")
     ok = isinstance(p, list) and isinstance(m, list) and len(p) == len(m) > 0
-    if not (ok and all(_is_number(v) and v > 0 for v in [*p, *m])):  # type: ignore[misc]
+    if not (ok and all(is_number(v) and v > 0 for v in [*p, *m])):  # type: ignore[misc]
         run.problems.append(
             "fidelity.json has no per-net lists 'predicted_ms' and 'measured_ms' of equal length "
             "(write it with hwnas validate-lut --json)"
@@ -226,9 +223,7 @@ def _check_random_nets(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] |
     good = (
         isinstance(nets, list)
         and nets
-        and all(
-            isinstance(n, dict) and _is_number(n.get("predicted_ms")) and _is_number(n.get("test_acc")) for n in nets
-        )
+        and all(isinstance(n, dict) and is_number(n.get("predicted_ms")) and is_number(n.get("test_acc")) for n in nets)
     )
     if not good:
         run.problems.append("random_nets.json needs a list 'nets' of objects with 'predicted_ms' and 'test_acc'")
@@ -788,7 +783,7 @@ def draw_random_nets(doc: dict[str, Any], own: tuple[float, float] | None, budge
             ax.scatter(*zip(*pts, strict=True), s=36, zorder=3, **style)
     if own is not None:
         ax.plot([own[0]], [100 * own[1]], "*", ms=16, color="C3", zorder=4, label="this run's net")
-    b = doc.get("budget_ms") if _is_number(doc.get("budget_ms")) else budget
+    b = doc.get("budget_ms") if is_number(doc.get("budget_ms")) else budget
     if b is not None:
         ax.axvline(b, color="C3", ls="--", lw=1, label=f"budget {b:.3f} ms")
     ax.set_xlabel("predicted latency (ms)")
@@ -866,7 +861,7 @@ table.summary th{background:#f4f4f4} .missing{color:#8a4b00;background:#fff6e5;p
 
 
 def _fmt_ms(v: Any) -> str:
-    return f"{float(v):.3f} ms" if _is_number(v) else "n/a"
+    return f"{float(v):.3f} ms" if is_number(v) else "n/a"
 
 
 def _file_times(run: Run) -> float | None:
@@ -899,17 +894,13 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
         )
     budget = info.get("budget_ms")
     pct = info.get("budget_pct")
-    add(
-        "latency budget", _fmt_ms(budget) + (f" (p{pct:g} of random nets)" if _is_number(pct) else ""), "arch.json info"
-    )
+    add("latency budget", _fmt_ms(budget) + (f" (p{pct:g} of random nets)" if is_number(pct) else ""), "arch.json info")
     pred = info.get("predicted_ms")
-    share = (
-        f" ({100 * pred / budget:.1f} % of the budget)" if _is_number(pred) and _is_number(budget) and budget else ""
-    )
+    share = f" ({100 * pred / budget:.1f} % of the budget)" if is_number(pred) and is_number(budget) and budget else ""
     add("predicted latency", _fmt_ms(pred) + share, "arch.json info (the search's LUT)")
     if run.measured is not None:
         ms, src = run.measured
-        rel = f" (predicted {(pred / ms - 1) * 100:+.1f} %)" if _is_number(pred) else ""
+        rel = f" (predicted {(pred / ms - 1) * 100:+.1f} %)" if is_number(pred) else ""
         add("measured latency", f"{ms:.3f} ms{rel}", src)
     else:
         add("measured latency", "not in this run", "hwnas measure … --json > measure.json")
@@ -928,7 +919,7 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
         add('MACs ("FLOPs")', f"{macs / 1e6:.2f} M", src)
         add("parameters", f"{params / 1e6:.4f} M", src)
     tr = run.train_result or {}
-    if _is_number(tr.get("test_acc")):
+    if is_number(tr.get("test_acc")):
         n = tr.get("test_examples")
         add(
             "test accuracy",
@@ -950,7 +941,7 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
         add("search time", f"≈ {secs:.0f} s", "config.json → arch.json file times (includes any pause before --resume)")
     else:
         add("search time", "n/a", "needs config.json and arch.json")
-    if _is_number(tr.get("seconds")):
+    if is_number(tr.get("seconds")):
         add("training time", f"{tr['seconds']:.0f} s", "train/result.json")
     add("LUT", str(info.get("lut", "not recorded")), "arch.json info")
     if info.get("lut_target"):
@@ -999,10 +990,10 @@ def _fidelity_of_other_lut(fidelity: dict[str, Any], info: dict[str, Any]) -> st
 def _sections(run: Run, page: _Page) -> None:
     """Fill ``page`` with the sections of the report (see the module docstring)."""
     info = run.info
-    budget = info.get("budget_ms") if _is_number(info.get("budget_ms")) else None
-    predicted = float(info["predicted_ms"]) if _is_number(info.get("predicted_ms")) else None
+    budget = info.get("budget_ms") if is_number(info.get("budget_ms")) else None
+    predicted = float(info["predicted_ms"]) if is_number(info.get("predicted_ms")) else None
     test_acc = (run.train_result or {}).get("test_acc")
-    test_acc = float(test_acc) if _is_number(test_acc) else None
+    test_acc = float(test_acc) if is_number(test_acc) else None
     quoted_dir = shlex.quote(str(run.dir))
     search_cmd = f"hwnas search --space {run.arch.space} --lut {run.lut_arg} --latency-budget … --out {quoted_dir}"
 

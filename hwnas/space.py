@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.arch import Arch, ArchError
+from hwnas.checks import is_int, is_number
 from hwnas.errors import HwnasError
 from hwnas.ops import DARTS_OPS, OpCall, OpError, canonical_value, get_op
 
@@ -348,10 +349,6 @@ _TABLES = {"stem": ("out", "k", "stride", "act"), "head": ("mix", "act")}
 _STAGE_FIELDS = ("out", "depth", "stride", "candidates")
 
 
-def _is_int(v: Any, lo: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
 def _check_raw(raw: dict[str, Any], p: Path) -> None:
     """Refuse a parsed space file whose fields are missing, unknown or of the wrong kind."""
     kind = raw.get("kind")
@@ -370,10 +367,10 @@ def _check_raw(raw: dict[str, Any], p: Path) -> None:
             raise SpaceError(f"{p}: field {f!r} must be a string, got {raw[f]!r}")
     for f in ("input_size", "in_channels", "num_classes", "C", "layers", "stem_multiplier", "nodes"):
         lo = 2 if f == "nodes" else 1
-        if f in raw and not _is_int(raw[f], lo):
+        if f in raw and not is_int(raw[f], lo):
             raise SpaceError(f"{p}: field {f!r} must be an integer >= {lo}, got {raw[f]!r}")
     wm = raw.get("width_mult", 1.0)
-    if isinstance(wm, bool) or not isinstance(wm, int | float) or not 0 < wm < float("inf"):
+    if not (is_number(wm) and wm > 0):
         raise SpaceError(f"{p}: field 'width_mult' must be a positive number, got {wm!r}")
     if kind == "cells":
         ops = raw["ops"]
@@ -394,9 +391,9 @@ def _check_raw(raw: dict[str, Any], p: Path) -> None:
             raise SpaceError(
                 f"{p}: table {table!r} has unknown field(s) {', '.join(extra)}; allowed: {', '.join(allowed)}"
             )
-    if not _is_int(raw["stem"].get("out")):
+    if not is_int(raw["stem"].get("out"), 1):
         raise SpaceError(f"{p}: stem.out must be a positive integer, got {raw['stem'].get('out')!r}")
-    if not _is_int(raw.get("head", {}).get("mix", 0), 0):
+    if not is_int(raw.get("head", {}).get("mix", 0), 0):
         raise SpaceError(f"{p}: head.mix must be an integer >= 0, got {raw['head']['mix']!r}")
     stages = raw["stages"]
     if not isinstance(stages, list) or not stages or not all(isinstance(st, dict) for st in stages):
@@ -408,9 +405,9 @@ def _check_raw(raw: dict[str, Any], p: Path) -> None:
                 f"{p}: stages[{i}] has unknown field(s) {', '.join(extra)}; allowed: {', '.join(_STAGE_FIELDS)}"
             )
         for f in ("out", "depth"):
-            if not _is_int(st.get(f)):
+            if not is_int(st.get(f), 1):
                 raise SpaceError(f"{p}: stages[{i}].{f} must be a positive integer, got {st.get(f)!r}")
-        if not (_is_int(st.get("stride", 1)) and st.get("stride", 1) in (1, 2)):
+        if not (is_int(st.get("stride", 1), 1) and st.get("stride", 1) in (1, 2)):
             raise SpaceError(f"{p}: stages[{i}].stride must be 1 or 2, got {st.get('stride')!r}")
 
 

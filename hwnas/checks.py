@@ -1,0 +1,18 @@
+"""Value checks shared by every validator of user files (space files, arch JSON, LUT metadata,
+checkpoints, run files): JSON and TOML give ``True`` where a number is expected, and ``bool`` is
+an ``int`` to Python, so a plain ``isinstance`` lets it through."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def is_int(v: Any, lo: int | None = None) -> bool:
+    """``v`` is an int (not a bool), and ``>= lo`` when ``lo`` is given."""
+    return isinstance(v, int) and not isinstance(v, bool) and (lo is None or v >= lo)
+
+
+def is_number(v: Any) -> bool:
+    """``v`` is a finite int or float (not a bool, NaN or infinity)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
