@@ -7,10 +7,14 @@ cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
 
 # Debian packages, when apt-get is here and we are root: the package index is updated at most
-# once, and only if something is missing.
-apt_updated=""
+# once (tried once, even if that fails), and only if something is missing.
+apt_update=""
 apt_install() {
-  if [ -z "$apt_updated" ]; then apt-get update -qq || return 1; apt_updated=1; fi
+  if [ -z "$apt_update" ]; then
+    apt_update=failed
+    apt-get update -qq && apt_update=done
+  fi
+  [ "$apt_update" = done ] || return 1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 missing_debs() {

@@ -14,5 +14,10 @@ def is_int(v: Any, lo: int | None = None) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """``v`` is a finite int or float (not a bool, NaN or infinity)."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    """``v`` is a finite int or float (not a bool, NaN, infinity, or an int too large for a float)."""
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int of hundreds of digits, from TOML or JSON
+        return False

@@ -253,7 +253,41 @@ def load_target(path: Path) -> dict[str, Any]:
         raise UsageError(f"--target {path}: unknown field(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
     raw.pop("name", None)
     raw.pop("description", None)
+    _check_target_values(path, raw)
     return raw
+
+
+def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
+    """Types and ranges of a target profile's values (bool is not a number, 2.5 is not a count)."""
+    from dataclasses import fields
+
+    from hwnas.checks import is_int, is_number
+    from hwnas.profiling.runner import TimingSettings
+
+    def bad(key: str, want: str) -> UsageError:
+        return UsageError(f"--target {path}: {key} must be {want}, got {raw_value(key)!r}")
+
+    def raw_value(key: str) -> Any:
+        return raw["timing"][key.split(".", 1)[1]] if key.startswith("timing.") else raw[key]
+
+    for key, lo in (("threads", 1), ("batch", 1), ("rounds", 1), ("calib_nets", 0), ("seed", 0)):
+        if key in raw and not is_int(raw[key], lo):
+            raise bad(key, f"an integer >= {lo}")
+    for key in ("backend", "device"):
+        if key in raw and not isinstance(raw[key], str):
+            raise bad(key, "a string")
+    if "spinning" in raw and not isinstance(raw["spinning"], bool):
+        raise bad("spinning", "true or false")
+    timing = raw.get("timing", {})
+    if not isinstance(timing, dict):
+        raise bad("timing", "a table ([timing])")
+    kinds = {f.name: f.type for f in fields(TimingSettings)}
+    for key, v in timing.items():
+        if key not in kinds:
+            raise UsageError(f"--target {path}: unknown field timing.{key}; allowed: {', '.join(sorted(kinds))}")
+        ok = is_int(v, 0) if kinds[key] in (int, "int") else is_number(v) and v >= 0
+        if not ok:
+            raise bad(f"timing.{key}", "a whole number >= 0" if kinds[key] in (int, "int") else "a number >= 0")
 
 
 @app.command()

@@ -230,7 +230,7 @@ class Space:
             by_label = [{c.label: c for c in s.choices} for s in slots]
             if all(isinstance(lb, str) and lb in d for lb, d in zip(labels, by_label, strict=True)):
                 picks = [d[lb] for lb, d in zip(labels, by_label, strict=True)]
-                if self.blocks_arch(picks).body == arch.body:
+                if self.blocks_arch(picks).body["layers"] == arch.body.get("layers"):
                     return picks
         layers = list(arch.body.get("layers", []))
         out: list[Choice] = []
@@ -453,6 +453,6 @@ def load_space(name_or_path: str | Path, input_size: int | None = None, width_mu
         raise SpaceError(f"{p}: {e}") from None
     if input_size is not None and input_size < 1:
         raise SpaceError(f"input size must be a positive number of pixels, got {input_size}")
-    if width_mult is not None and not width_mult > 0:
+    if width_mult is not None and not (is_number(width_mult) and width_mult > 0):
         raise SpaceError(f"width multiplier must be positive, got {width_mult}")
     return space.with_params(input_size, width_mult)

@@ -41,7 +41,7 @@ from hwnas.data import load_dataset, make_loader, search_split
 from hwnas.errors import HwnasError, gpu_memory_hint, settings_differ, training_device
 from hwnas.lut import atomic_write
 from hwnas.profiling.runner import write_csv_atomic, write_json_atomic
-from hwnas.weights import load_into, save_weights
+from hwnas.weights import load_into, same_network, save_weights
 
 STATE_FORMAT = "hwnas.train-state/1"
 Progress = Callable[[dict[str, Any]], None]
@@ -226,8 +226,7 @@ def run_train(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         if resume and (out_dir / "last.pt").exists():
-            _check_same_network(out_dir / "arch.json", trained)
-            start, best_val, best_epoch, history = _load_state(out_dir / "last.pt", cfg, net, opt, sched)
+            start, best_val, best_epoch, history = _load_state(out_dir / "last.pt", cfg, net, opt, sched, trained)
         else:
             write_json_atomic(out_dir / "config.json", asdict(cfg))
             atomic_write(out_dir / "arch.json", trained.to_json().encode())
@@ -345,21 +344,23 @@ def _check_same_network(path: Path, trained: Arch) -> None:
     if not path.exists():
         return
     try:
-        doc = json.loads(path.read_text())
-        want = json.loads(trained.to_json())
-        same = isinstance(doc, dict) and all(doc.get(k) == v for k, v in want.items() if k != "info")
-    except (OSError, ValueError):
-        same = False
+        same = same_network(Arch.load(path), trained)
+    except HwnasError:
+        raise HwnasError(
+            f"--resume: {path} is not readable; drop --resume and pass --force to start over in {path.parent}"
+        ) from None
     if not same:
         raise HwnasError(
             f"--resume: {path.parent} trained another network than this arch (see {path}); resume with that arch, "
-            f"or use --force or another --out to train this one"
+            f"or drop --resume and pass --force (or choose another --out) to train this one"
         )
 
 
 def _load_state(
-    path: Path, cfg: TrainConfig, net: TrainNet, opt, sched
+    path: Path, cfg: TrainConfig, net: TrainNet, opt, sched, trained: Arch
 ) -> tuple[int, float, int, list[dict[str, Any]]]:
+    """Restore ``last.pt`` into ``net``, ``opt`` and ``sched``; refuses, in one line each, a
+    file that is not a training state, other settings, and another network than the run's."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
@@ -368,8 +369,9 @@ def _load_state(
         if said:
             raise HwnasError(
                 f"--resume: {path} was written with other settings ({said}); resume with the same options, "
-                f"or use --force to start over"
+                f"or drop --resume and pass --force to start over"
             )
+        _check_same_network(path.parent / "arch.json", trained)
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])

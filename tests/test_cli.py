@@ -199,6 +199,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         ("binary", "not a text file"),
         ("not toml", "not valid TOML"),
         ("unknown field", "unknown field(s) speed"),
+        ("bool threads", "threads must be an integer >= 1, got True"),
+        ("fractional runs", "timing.min_runs must be a whole number >= 0, got 2.5"),
     ],
 )
 def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) -> None:
@@ -209,6 +211,10 @@ def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) ->
         target.write_text("threads = = 1\n")
     elif kind == "unknown field":
         target.write_text("speed = 3\n")
+    elif kind == "bool threads":
+        target.write_text("threads = true\n")
+    elif kind == "fractional runs":
+        target.write_text("[timing]\nmin_runs = 2.5\n")
     out = tmp_path / "lut.csv"
     res = run("profile", "--space", "tiny", "--target", target, "--out", out)
     assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hwnas.arch import Arch
-from hwnas.space import SpaceError, builtin_spaces, expand_grid, load_space
+from hwnas.space import SPACES_DIR, SpaceError, builtin_spaces, expand_grid, load_space
 
 SPACES = builtin_spaces()
 
@@ -145,3 +145,22 @@ def test_picks_inverts_blocks_arch(name: str) -> None:
     other = load_space("fbnet" if name != "fbnet" else "proxyless")
     with pytest.raises(SpaceError, match="does not fit the space"):
         sp.picks(other.sample(rng))
+    # the report loads the space file as shipped: another head (10 classes, 1 channel) still aligns
+    shaped = sp.with_params(in_channels=1, num_classes=10)
+    for _ in range(20):
+        arch = shaped.sample(rng)
+        assert [c.label for c in sp.picks(arch)] == arch.info["choices"]
+
+
+def test_huge_integers_are_not_numbers(tmp_path: Path) -> None:
+    from hwnas.checks import is_int, is_number
+
+    assert not is_number(10**400) and is_int(10**400, 1)  # a count may be big; a float cannot hold it
+    assert not is_number(True) and not is_number(float("nan")) and is_number(3) and is_number(2.5)
+    text = (SPACES_DIR / "tiny.toml").read_text()
+    bad = tmp_path / "huge.toml"
+    bad.write_text(text.replace("width_mult = 1.0", f"width_mult = {10**400}"))
+    with pytest.raises(SpaceError, match="'width_mult' must be a positive number"):
+        load_space(bad)
+    with pytest.raises(SpaceError, match="width multiplier must be positive"):
+        load_space("tiny", width_mult=10**400)

@@ -230,3 +230,17 @@ def test_out_of_gpu_memory_names_a_smaller_batch(batch: int, data: Path, tmp_pat
     msg = str(e.value)
     assert f"--batch-size {batch}; try --batch-size {max(1, batch // 2)}" in msg and "\n" not in msg
     assert "last.pt" in msg  # the first epoch was saved before memory ran out
+
+
+def test_cli_resume_with_other_cells_names_the_setting(data: Path, tmp_path: Path) -> None:
+    """A DARTS run resumed with the same arch but another --cells is told which setting differs
+    (the network differs too, but the setting is what the user changed)."""
+    (tmp_path / "a.json").write_text(_arch("tiny_darts").to_json())
+    out = tmp_path / "run"
+    base = ["train", str(tmp_path / "a.json"), "--epochs", "1", "--batch-size", "16", "--data-dir", str(data)]
+    base += ["--channels", "6", "--out", str(out)]
+    r = CliRunner().invoke(app, [*base, "--cells", "4"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*base, "--cells", "5", "--resume"])
+    assert r.exit_code == 1 and "other settings (cells 4 there, 5 now)" in r.output, r.output
+    assert "drop --resume and pass --force" in r.output
