@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import math
+import statistics
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -471,11 +472,8 @@ def time_exported(
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = Path(tmp) / "results.csv"
-            timing = replace(s, backend="onnxruntime").effective_timing
-            runner.run_jobs(jobs, s.rounds, timing, results, progress)
-            med = runner.round_medians(runner.read_rows(results))
+        by = runner.time_jobs(jobs, s.rounds, replace(s, backend="onnxruntime").effective_timing, progress)
+        med = {name: statistics.median(v) for name, v in by.items()}
     finally:
         torch.set_num_threads(threads)
         net.cpu()

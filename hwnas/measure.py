@@ -8,7 +8,6 @@ over all of them); ``fidelity`` compares those measurements with the LUT's predi
 from __future__ import annotations
 
 import random
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, check_target, loaders
-from hwnas.profiling.runner import Job, TimingSettings, read_rows, round_medians
+from hwnas.profiling.runner import Job, TimingSettings
 from hwnas.space import Space
 
 Progress = Callable[[int, int, str], None]
@@ -77,10 +76,7 @@ def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | N
     check_target(s)
     _, load_net = loaders(s)
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
-    with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp) / "results.csv"
-        runner.run_jobs(jobs, s.rounds, s.effective_timing, results, progress)
-        by = runner.round_values(read_rows(results))
+    by = runner.time_jobs(jobs, s.rounds, s.effective_timing, progress)
     return [by[f"arch{i}"] for i in range(len(archs))]
 
 
@@ -112,10 +108,7 @@ def measure_onnx(path: Path, s: ProfileSettings, progress: Progress | None = Non
         raise HwnasError(f"{path}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
     check_target(s)
     job = Job("model", "op", lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning))
-    with tempfile.TemporaryDirectory() as tmp:
-        results = Path(tmp) / "results.csv"
-        runner.run_jobs([job], s.rounds, s.effective_timing, results, progress)
-        return round_medians(read_rows(results))["model"]
+    return float(np.median(runner.time_jobs([job], s.rounds, s.effective_timing, progress)["model"]))
 
 
 def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -353,6 +353,18 @@ def run_jobs(
     return timed
 
 
+def time_jobs(
+    jobs: list[Job], rounds: int, timing: TimingSettings, progress: Callable[[int, int, str], None] | None = None
+) -> dict[str, list[float]]:
+    """Time ``jobs`` in ``rounds`` rounds (:func:`run_jobs`, its journal in a temporary folder)
+    and return each job's per-round medians (ms), in round order: a one-off measurement that
+    need not survive a kill (a profile keeps its journal instead)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        results = Path(tmp) / "results.csv"
+        run_jobs(jobs, rounds, timing, results, progress)
+        return round_values(read_rows(results))
+
+
 def round_values(rows: list[dict[str, str]]) -> dict[str, list[float]]:
     """Each name's per-round medians (ms), in round order."""
     by: dict[str, list[tuple[int, float]]] = defaultdict(list)
