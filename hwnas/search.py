@@ -23,7 +23,6 @@ averaged, only rank 0 writes; a checkpoint resumes on any number of processes.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 import random
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hwnas import checkpoint
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError, UsageError, gpu_memory_hint, settings_differ, training_device
 from hwnas.lut import LUT, LutError, atomic_write
@@ -594,17 +594,12 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int, ckpt: Path) -> None
 def _save_checkpoint(
     path: Path, epoch: int, cfg: SearchConfig, net: Supernet, w_opt, a_opt, sched, dual, history
 ) -> None:
-    state = {
-        "epoch": epoch, "config": json.dumps(asdict(cfg), sort_keys=True), "model": net.state_dict(),
-        "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(), "sched": sched.state_dict(),
-        "dual": dual.state_dict(), "history": json.dumps(history), "torch_rng": torch.get_rng_state(),
-    }  # fmt: skip
     # world-size independent: global batches, one RNG stream, averaged BN statistics (hwnas.distributed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the strategies sample on the GPU there
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    checkpoint.save(
+        path,
+        {"epoch": epoch, "config": json.dumps(asdict(cfg), sort_keys=True), "history": json.dumps(history)},
+        {"model": net, "w_opt": w_opt, "a_opt": a_opt, "sched": sched, "dual": dual},
+    )
 
 
 def _load_checkpoint(
@@ -616,25 +611,12 @@ def _load_checkpoint(
 
     if data is None and not path.exists():
         raise HwnasError(f"--resume: {path} does not exist; start without --resume")
-    try:
+    with checkpoint.readable(path, "checkpoint"):
         state = load_bytes(path.read_bytes() if data is None else data)
         said = settings_differ(state["config"], asdict(cfg), CONFIG_KEYS_ADDED)
         if said:
             raise HwnasError(
                 f"--resume: {path} was written by a search with other settings ({said}); pass the same options"
             )
-        net.load_state_dict(state["model"])
-        w_opt.load_state_dict(state["w_opt"])
-        a_opt.load_state_dict(state["a_opt"])
-        sched.load_state_dict(state["sched"])
-        dual.load_state_dict(state["dual"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        checkpoint.restore(state, {"model": net, "w_opt": w_opt, "a_opt": a_opt, "sched": sched, "dual": dual})
         return int(state["epoch"]), json.loads(state["history"])
-    except HwnasError:
-        raise
-    except Exception as e:  # a truncated or foreign file: one clear line
-        raise HwnasError(
-            f"--resume: {path} is not a readable hwnas checkpoint ({type(e).__name__}); delete it to start over"
-        ) from None

@@ -22,7 +22,6 @@ Files in the output directory, all written atomically:
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from hwnas import checkpoint
 from hwnas.arch import Arch
 from hwnas.data import load_dataset, make_loader, search_split
 from hwnas.errors import HwnasError, gpu_memory_hint, settings_differ, training_device
@@ -324,17 +324,11 @@ def train_arch(
 def _save_state(
     path: Path, epoch: int, cfg: TrainConfig, net: TrainNet, opt, sched, best_val, best_epoch, history
 ) -> None:
-    state = {
+    fields = {
         "format": STATE_FORMAT, "epoch": epoch, "config": json.dumps(asdict(cfg), sort_keys=True),
-        "model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
         "best_val": float(best_val), "best_epoch": int(best_epoch), "history": json.dumps(history),
-        "torch_rng": torch.get_rng_state(),
     }  # fmt: skip
-    if torch.cuda.is_available() and torch.cuda.is_initialized():  # drop-path draws there on a GPU
-        state["cuda_rng"] = torch.cuda.get_rng_state()
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    checkpoint.save(path, fields, {"model": net, "opt": opt, "sched": sched})
 
 
 def _check_same_network(path: Path, trained: Arch) -> None:
@@ -361,7 +355,7 @@ def _load_state(
 ) -> tuple[int, float, int, list[dict[str, Any]]]:
     """Restore ``last.pt`` into ``net``, ``opt`` and ``sched``; refuses, in one line each, a
     file that is not a training state, other settings, and another network than the run's."""
-    try:
+    with checkpoint.readable(path, "training state"):  # truncated, foreign, or with parts missing
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a training state")
@@ -372,16 +366,5 @@ def _load_state(
                 f"or drop --resume and pass --force to start over"
             )
         _check_same_network(path.parent / "arch.json", trained)
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        checkpoint.restore(state, {"model": net, "opt": opt, "sched": sched})
         return int(state["epoch"]), float(state["best_val"]), int(state["best_epoch"]), json.loads(state["history"])
-    except HwnasError:
-        raise
-    except Exception as e:  # truncated, foreign, or a training state with parts missing: one clear line
-        raise HwnasError(
-            f"--resume: {path} is not a readable hwnas training state ({type(e).__name__}); delete it to start over"
-        ) from None
