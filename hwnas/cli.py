@@ -264,30 +264,29 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     from hwnas.checks import is_int, is_number
     from hwnas.profiling.runner import TimingSettings
 
-    def bad(key: str, want: str) -> UsageError:
-        return UsageError(f"--target {path}: {key} must be {want}, got {raw_value(key)!r}")
-
-    def raw_value(key: str) -> Any:
-        return raw["timing"][key.split(".", 1)[1]] if key.startswith("timing.") else raw[key]
+    def bad(key: str, value: Any, want: str) -> UsageError:
+        return UsageError(f"--target {path}: {key} must be {want}, got {value!r}")
 
     for key, lo in (("threads", 1), ("batch", 1), ("rounds", 1), ("calib_nets", 0), ("seed", 0)):
         if key in raw and not is_int(raw[key], lo):
-            raise bad(key, f"an integer >= {lo}")
+            raise bad(key, raw[key], f"an integer >= {lo}")
     for key in ("backend", "device"):
         if key in raw and not isinstance(raw[key], str):
-            raise bad(key, "a string")
+            raise bad(key, raw[key], "a string")
     if "spinning" in raw and not isinstance(raw["spinning"], bool):
-        raise bad("spinning", "true or false")
+        raise bad("spinning", raw["spinning"], "true or false")
     timing = raw.get("timing", {})
     if not isinstance(timing, dict):
-        raise bad("timing", "a table ([timing])")
-    kinds = {f.name: f.type for f in fields(TimingSettings)}
+        raise bad("timing", timing, "a table ([timing])")
+    counts = {f.name for f in fields(TimingSettings) if f.type in (int, "int")}
+    known = {f.name for f in fields(TimingSettings)}
     for key, v in timing.items():
-        if key not in kinds:
-            raise UsageError(f"--target {path}: unknown field timing.{key}; allowed: {', '.join(sorted(kinds))}")
-        ok = is_int(v, 0) if kinds[key] in (int, "int") else is_number(v) and v >= 0
-        if not ok:
-            raise bad(f"timing.{key}", "a whole number >= 0" if kinds[key] in (int, "int") else "a number >= 0")
+        if key not in known:
+            raise UsageError(f"--target {path}: unknown field timing.{key}; allowed: {', '.join(sorted(known))}")
+        if key in counts and not is_int(v, 0):
+            raise bad(f"timing.{key}", v, "a whole number >= 0")
+        if key not in counts and not (is_number(v) and v >= 0):
+            raise bad(f"timing.{key}", v, "a number >= 0")
 
 
 @app.command()
