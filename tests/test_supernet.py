@@ -245,9 +245,9 @@ def test_sharing_default_follows_the_strategy_and_a_path_trains_the_shared_tenso
     "name, example",
     [
         ("proxyless", None),  # MBConv k3/k5/k7 x e3/e6 + zero: every candidate with convs has the same roles
-        ("fbnet", "layer 0: mbconv_k3_e1 vs mbconv_k3_e3"),
+        ("fbnet", "layer 1: mbconv_k3_e1 vs skip"),  # a 1x1 skip projection where the layer changes shape
         ("darts", "normal node 0 input 0: sep_conv_3x3 vs dil_conv_3x3"),
-        ("tiny", "layer 1: mbconv_k3_e1 vs mbconv_k3_e3"),
+        ("tiny", "layer 1: mbconv_k3_e1 vs skip"),
     ],
 )
 def test_unaligned_names_the_decisions_whose_candidates_differ_in_structure(name: str, example: str | None) -> None:
@@ -258,3 +258,43 @@ def test_unaligned_names_the_decisions_whose_candidates_differ_in_structure(name
     else:
         assert example in lines
         assert len(lines) == len({line.split(":")[0] for line in lines})  # one line per decision
+    if name == "fbnet":  # e1 beside e3/e6 aligns (its siblings' expansions start as the identity); an identity skip too
+        assert not any(line.startswith("layer 0:") for line in lines)
+        assert len(lines) == 6  # the layers that change shape: their skip is a 1x1 projection
+        separate = Supernet(load_space(name, input_size=32), make_strategy("binary"), share=False).unaligned()
+        assert any(line.startswith("layer 0: mbconv_k3_e1 vs mbconv_k3_e3") for line in separate)
+
+
+@pytest.mark.parametrize("space", ["tiny", "fbnet", "proxyless"])
+@pytest.mark.parametrize("share", [True, False])
+def test_expansions_start_as_the_identity_where_a_sharing_candidate_has_none(space: str, share: bool) -> None:
+    """With shared weights, MBConv e1 reads the block input with the depthwise and project convs
+    that e3/e6 apply to their expansion; those expansions start by passing the input through on
+    the leading channels, so e1 and e3/e6 begin on the same features. Nothing else changes."""
+    from hwnas.ops.blocks import MBConv
+
+    sp = load_space(space, input_size=16)
+    torch.manual_seed(0)
+    net = Supernet(sp, make_strategy("binary"), share=share)
+    aligned = others = 0
+    for m in net.modules():
+        if not isinstance(m, MixedOp):
+            continue
+        has_e1 = any(isinstance(op, MBConv) and op.expand is None for op in m.ops)
+        for op in m.ops:
+            conv = op.expand if isinstance(op, MBConv) else None
+            if conv is None or conv.groups != 1:
+                continue
+            x = torch.randn(2, conv.in_channels, 4, 4)
+            with torch.no_grad():
+                lead = conv(x)[:, : conv.in_channels]
+            if share and has_e1:
+                torch.testing.assert_close(lead, x)
+                aligned += 1
+            else:
+                assert not torch.allclose(lead, x, atol=1e-2)
+                others += 1
+    if share and space != "proxyless":  # proxyless has no e1 candidate
+        assert aligned > 0
+    else:
+        assert aligned == 0 and others > 0

@@ -125,6 +125,12 @@ class MBConv(nn.Module):
         ]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and c_in == out
+        self._expands = float(e) != 1
+
+    @property
+    def expand(self) -> nn.Conv2d | None:
+        """The 1x1 expand conv, or None for ``e == 1`` (the depthwise conv reads the block input)."""
+        return self.body[0] if self._expands else None  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
