@@ -43,7 +43,7 @@ import torch
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_step import ARCH_LR, CLASSES, DUAL_LR, LAM0, LOSS, LR, SIZE, TAU0, WIDTH, space, synthetic_lut
+from search_step import CLASSES, SIZE, WIDTH, Search, space, synthetic_lut
 
 CONFIGS = (("1 proc x 1 thread", 1, 1), ("1 proc x 2 threads", 1, 2), ("2 procs x 1 thread", 2, 1))
 
@@ -61,10 +61,6 @@ def worker(
     import torch.distributed as tdist
 
     from hwnas.distributed import session, shard
-    from hwnas.objectives import DualLambda, get_objective
-    from hwnas.search import arch_step, weight_step
-    from hwnas.strategies import make_strategy
-    from hwnas.supernet import Supernet
 
     torch.set_num_threads(threads)
     os.environ.update(
@@ -85,15 +81,7 @@ def worker(
     with session() as dist:
         torch.manual_seed(0)
         sp = space()
-        strat = make_strategy(strategy.split("-")[0], hard=strategy.endswith("-hard"))
-        strat.tau = TAU0
-        net = Supernet(sp, strat, synthetic_lut(sp))
-        net.train()
-        objective, dual = get_objective(LOSS), DualLambda(LAM0, DUAL_LR)
-        with torch.no_grad():
-            budget = 0.5 * float(net.expected_latency_ms())
-        w_opt = torch.optim.SGD(net.weight_parameters(), lr=LR, momentum=0.9, weight_decay=3e-4)
-        a_opt = torch.optim.Adam(net.arch_parameters(), lr=ARCH_LR, betas=(0.5, 0.999), weight_decay=1e-3)
+        search = Search(sp, synthetic_lut(sp), strategy)
         g = torch.Generator().manual_seed(1)
         x, xa = (torch.randn(batch, 3, SIZE, SIZE, generator=g) for _ in range(2))
         y, ya = (torch.randint(0, CLASSES, (batch,), generator=g) for _ in range(2))
@@ -104,13 +92,8 @@ def worker(
         else:
             train, val = (x, y), (xa, ya)
 
-        def finite(loss: torch.Tensor) -> None:
-            if not torch.isfinite(loss.detach()):
-                raise SystemExit("the loss became non-finite")
-
         def step() -> None:
-            arch_step(net, a_opt, objective, dual, budget, val, finite, dist=dist)
-            weight_step(net, w_opt, train, finite, dist=dist)
+            search.run(train, val, dist)
 
         for _ in range(warmup):
             step()

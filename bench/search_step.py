@@ -153,11 +153,18 @@ class Search:
 
     def step(self, x, y, xa, ya) -> tuple[float, float]:
         """(weight step s, architecture step s): the search loop's own two steps, arch first."""
+        return self.run((x, y), (xa, ya))
+
+    def run(
+        self, train: tuple[torch.Tensor, ...], val: tuple[torch.Tensor, ...], dist: Any = None
+    ) -> tuple[float, float]:
+        """:meth:`step` on batches as the loop passes them; with ``dist`` (a data-parallel process,
+        ``bench/distributed.py``) each batch is this process's shard ``(x, y, weight)``."""
         t0 = time.perf_counter()
-        arch_step(self.net, self.a_opt, self.objective, self.dual, self.budget, (xa, ya), finite)
+        arch_step(self.net, self.a_opt, self.objective, self.dual, self.budget, val, finite, dist=dist)
         t1 = time.perf_counter()
-        loss, logits = weight_step(self.net, self.w_opt, (x, y), finite)
-        _stats = float(loss), int((logits.argmax(1) == y).sum())  # the loop's statistics
+        loss, logits = weight_step(self.net, self.w_opt, train, finite, dist=dist)
+        _stats = float(loss), int((logits.argmax(1) == train[1]).sum())  # the loop's statistics
         t2 = time.perf_counter()
         return t2 - t1, t1 - t0
 
