@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import statistics
@@ -79,15 +78,6 @@ class Source:
         return self.weights is not None
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_source(arch: Arch, weights: Path | None = None, seed: int = 0) -> Source:
     """The network of ``arch`` in eval mode, with the weights of a ``hwnas train`` file if given.
 
@@ -127,9 +117,7 @@ def build_source(arch: Arch, weights: Path | None = None, seed: int = 0) -> Sour
         )
     net = target.build()
     load_into(net, w.state_dict, str(weights))
-    return Source(
-        target, net.eval(), Path(weights), file_sha256(Path(weights)), w.epoch, w.test_acc, seed, tuple(notes)
-    )
+    return Source(target, net.eval(), Path(weights), w.sha256, w.epoch, w.test_acc, seed, tuple(notes))
 
 
 def _cells_desc(a: Arch) -> str:

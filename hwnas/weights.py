@@ -16,6 +16,7 @@ same. Auxiliary heads are training-only and are not stored.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ class Weights:
     state_dict: dict[str, torch.Tensor]
     epoch: int
     test_acc: float | None
+    sha256: str = ""  # of the file's bytes that were read (what an export records)
 
 
 def save_weights(path: Path, arch: Arch, net: nn.Module, epoch: int, test_acc: float | None = None) -> None:
@@ -63,7 +65,11 @@ def load_weights(path: Path) -> Weights:
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file (hwnas train writes runs/<name>/train/best.pt)")
     try:
-        doc = torch.load(p, map_location="cpu", weights_only=True)
+        data = p.read_bytes()
+    except OSError as e:
+        raise WeightsError(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
         raise WeightsError(f"{p}: not a readable hwnas weights file ({type(e).__name__}); re-run hwnas train") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -79,7 +85,9 @@ def load_weights(path: Path) -> Weights:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{p}: 'state_dict' is missing or holds non-tensors; re-run hwnas train")
     acc = doc.get("test_acc")
-    return Weights(arch, sd, int(doc.get("epoch", 0)), None if acc is None else float(acc))
+    return Weights(
+        arch, sd, int(doc.get("epoch", 0)), None if acc is None else float(acc), hashlib.sha256(data).hexdigest()
+    )
 
 
 def load_into(net: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
