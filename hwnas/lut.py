@@ -168,13 +168,16 @@ class LUT:
 
     # -- files ------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write CSV and metadata atomically (metadata records the CSV's hash)."""
+        """Write CSV and metadata atomically (metadata records the CSV's hash). Afterwards this
+        object holds what the files hold (the CSV keeps 6 significant digits), so it predicts
+        exactly what a later :meth:`load` of them does."""
         p = Path(path)
         data = self.to_csv_bytes()
         meta = {**self.meta, "csv_sha256": hashlib.sha256(data).hexdigest()}
         atomic_write(meta_path(p), (json.dumps(meta, indent=2) + "\n").encode())
         atomic_write(p, data)
-        self.meta, self.path = meta, p
+        saved = LUT.load(p)
+        self.table, self.latency, self.meta, self.path = saved.table, saved.latency, saved.meta, p
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], meta: dict[str, Any]) -> LUT:

@@ -24,6 +24,24 @@ def test_round_trip_keeps_every_key_once(tiny_lut: LUT, tiny_lut_path: Path) -> 
     assert again.latency == tiny_lut.latency
 
 
+def test_a_saved_lut_predicts_exactly_what_its_files_do(tiny_lut: LUT, tmp_path: Path) -> None:
+    """The CSV keeps 6 significant digits; the object that wrote it (e.g. what ``profile``
+    returns) must not go on predicting with more, or an in-process budget and the CLI's differ."""
+    rng = random.Random(0)
+    rows = tiny_lut.table.to_dict("records")
+    for r in rows:
+        r["latency_ms"] = float(r["latency_ms"]) * (1 + rng.random() / 7)  # digits beyond the sixth
+    lut = LUT.from_rows(rows, {k: v for k, v in tiny_lut.meta.items() if k not in ("schema", "csv_sha256")})
+    assert any(len(repr(v)) > 12 for v in lut.latency.values())
+    lut.save(tmp_path / "t.csv")
+    again = LUT.load(tmp_path / "t.csv")
+    assert lut.latency == again.latency and lut.sha256 == again.sha256
+    sp, r2 = load_space("tiny"), random.Random(1)
+    for _ in range(20):
+        a = sp.sample(r2)
+        assert lut.predict(a).total_ms == again.predict(a).total_ms
+
+
 def test_metadata_records_provenance(tiny_lut: LUT) -> None:
     m = tiny_lut.meta
     for f in (
