@@ -42,7 +42,7 @@ class Weights:
     state_dict: dict[str, torch.Tensor]
     epoch: int
     test_acc: float | None
-    sha256: str = ""  # of the file's bytes that were read (what an export records)
+    sha256: str  # of the file bytes that were read (what an export records)
 
 
 def save_weights(path: Path, arch: Arch, net: nn.Module, epoch: int, test_acc: float | None = None) -> None:
