@@ -1,5 +1,7 @@
-"""What the search's checkpoint and the training state share: saving named ``state_dict`` s with
-the RNG streams atomically, restoring them, and turning an unreadable file into one line."""
+"""The torch-format files hwnas writes (the search's checkpoint, the training state, trained
+weights): writing them atomically and reading them back without pickled objects; for the two
+states, saving named ``state_dict`` s with the RNG streams, restoring them, and turning an
+unreadable file into one line."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from hwnas.errors import HwnasError
-from hwnas.lut import atomic_write
+from hwnas.profiling.runner import atomic_write
 
 
 class Stateful(Protocol):
@@ -21,15 +23,25 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Any) -> Any: ...
 
 
+def write(path: Path, doc: Mapping[str, Any]) -> None:
+    """Write ``doc`` (tensors and plain data) to ``path`` atomically, in ``torch.save`` format."""
+    buf = io.BytesIO()
+    torch.save(dict(doc), buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_bytes(data: bytes) -> Any:
+    """``torch.load`` of such a file's bytes: tensors on the CPU, no pickled objects."""
+    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+
+
 def save(path: Path, fields: Mapping[str, Any], parts: Mapping[str, Stateful]) -> None:
     """Write ``fields``, each part's ``state_dict()`` under its name, and torch's RNG state (and
     the CUDA one where CUDA has been used) to ``path`` atomically (``torch.save`` format)."""
     state = {**fields, **{name: p.state_dict() for name, p in parts.items()}, "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():  # sampling and drop-path draw there on a GPU
         state["cuda_rng"] = torch.cuda.get_rng_state()
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(path, buf.getvalue())
+    write(path, state)
 
 
 def restore(state: Mapping[str, Any], parts: Mapping[str, Stateful]) -> None:

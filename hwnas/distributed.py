@@ -40,7 +40,6 @@ call serves the weight and the architecture step.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -332,8 +331,3 @@ def check_lockstep(tensors: Sequence[Tensor], dist: Dist) -> None:
     n = len(fp)
     if not torch.equal(both[:n].cpu(), -both[n:].cpu()):
         raise RuntimeError("the processes' parameters diverged (same torch build on every node?)")
-
-
-def load_bytes(data: bytes) -> dict:
-    """``torch.load`` of checkpoint bytes, tensors on the CPU, no pickled objects."""
-    return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")

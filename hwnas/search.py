@@ -598,8 +598,13 @@ def _save_checkpoint(
     checkpoint.save(
         path,
         {"epoch": epoch, "config": json.dumps(asdict(cfg), sort_keys=True), "history": json.dumps(history)},
-        {"model": net, "w_opt": w_opt, "a_opt": a_opt, "sched": sched, "dual": dual},
+        _parts(net, w_opt, a_opt, sched, dual),
     )
+
+
+def _parts(net: Supernet, w_opt, a_opt, sched, dual) -> dict[str, checkpoint.Stateful]:
+    """The search state's parts, by their names in the checkpoint."""
+    return {"model": net, "w_opt": w_opt, "a_opt": a_opt, "sched": sched, "dual": dual}
 
 
 def _load_checkpoint(
@@ -607,16 +612,14 @@ def _load_checkpoint(
 ):
     """Restore a checkpoint (``data``: its bytes, else read from ``path``) into the search's state;
     returns (epochs done, history). Tensors load onto the CPU, then into ``net``'s device."""
-    from hwnas.distributed import load_bytes
-
     if data is None and not path.exists():
         raise HwnasError(f"--resume: {path} does not exist; start without --resume")
     with checkpoint.readable(path, "checkpoint"):
-        state = load_bytes(path.read_bytes() if data is None else data)
+        state = checkpoint.load_bytes(path.read_bytes() if data is None else data)
         said = settings_differ(state["config"], asdict(cfg), CONFIG_KEYS_ADDED)
         if said:
             raise HwnasError(
                 f"--resume: {path} was written by a search with other settings ({said}); pass the same options"
             )
-        checkpoint.restore(state, {"model": net, "w_opt": w_opt, "a_opt": a_opt, "sched": sched, "dual": dual})
+        checkpoint.restore(state, _parts(net, w_opt, a_opt, sched, dual))
         return int(state["epoch"]), json.loads(state["history"])

@@ -97,9 +97,8 @@ def expand_grid(cands: Any, defaults: Mapping[str, Any], where: str) -> list[Cho
     for ch in out:
         other = named.setdefault(ch.label, ch)
         if other is not ch:
-            diff = ", ".join(
-                f"{k}={dict(other.params).get(k)!r} vs {v!r}" for k, v in ch.params if dict(other.params).get(k) != v
-            )
+            theirs = dict(other.params)
+            diff = ", ".join(f"{k}={theirs.get(k)!r} vs {v!r}" for k, v in ch.params if theirs.get(k) != v)
             raise SpaceError(
                 f"{where}: two candidates are both named {ch.label!r} ({diff}); a choice's name (op, k, e, groups) "
                 f"labels it in history.csv and arch.json, so give this stage only one of them"

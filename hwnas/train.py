@@ -356,7 +356,7 @@ def _load_state(
     """Restore ``last.pt`` into ``net``, ``opt`` and ``sched``; refuses, in one line each, a
     file that is not a training state, other settings, and another network than the run's."""
     with checkpoint.readable(path, "training state"):  # truncated, foreign, or with parts missing
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = checkpoint.load_bytes(path.read_bytes())
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError("not a training state")
         said = settings_differ(state["config"], asdict(cfg))

@@ -17,7 +17,6 @@ same. Auxiliary heads are training-only and are not stored.
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hwnas import checkpoint
 from hwnas.arch import Arch, ArchError
 from hwnas.errors import HwnasError
-from hwnas.lut import atomic_write
 
 FORMAT = "hwnas.weights/1"
 
@@ -54,9 +53,7 @@ def save_weights(path: Path, arch: Arch, net: nn.Module, epoch: int, test_acc: f
         "epoch": int(epoch),
         "test_acc": None if test_acc is None else float(test_acc),
     }
-    buf = io.BytesIO()
-    torch.save(doc, buf)
-    atomic_write(Path(path), buf.getvalue())
+    checkpoint.write(Path(path), doc)
 
 
 def load_weights(path: Path) -> Weights:
@@ -69,7 +66,7 @@ def load_weights(path: Path) -> Weights:
     except OSError as e:
         raise WeightsError(f"{p}: cannot read ({e.strerror})") from None
     try:
-        doc = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        doc = checkpoint.load_bytes(data)
     except Exception as e:  # torch raises many types for corrupt or unsafe files
         raise WeightsError(f"{p}: not a readable hwnas weights file ({type(e).__name__}); re-run hwnas train") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
