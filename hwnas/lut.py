@@ -44,12 +44,14 @@ COLUMNS = (
     "params",
     "input",
     "latency_ms",
+    "profiled_ms",
+    "kernels",
     "isolated_ms",
     "isolated_p10_ms",
     "isolated_p90_ms",
     "context_n",
 )
-NUMERIC = ("latency_ms", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
+NUMERIC = ("latency_ms", "profiled_ms", "kernels", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
 META_REQUIRED = (
     "schema", "space", "input_size", "width_mult", "device", "device_kind", "backend", "threads", "batch", "model",
 )  # fmt: skip

@@ -131,7 +131,7 @@ BAD_CSV = {
     "infinite": (_set_first_latency("inf"), "finite"),
     "truncated": (lambda t: t[: t.rindex("\n", 0, len(t) // 2) + 5], "cut off"),  # mid-line
     "bad key": (lambda t: t.replace("mbconv|", "mbconv9|", 1), "unknown op"),
-    "conflicting duplicate": (lambda t: t + t.splitlines()[1].rsplit(",", 5)[0] + ",9.9,1,1,1,1\n", "more than once"),
+    "conflicting duplicate": (lambda t: t + _set_first_latency("9.9")(t).splitlines()[1] + "\n", "more than once"),
     "empty": (lambda t: "", "not a readable CSV"),
 }  # fmt: skip
 

@@ -165,3 +165,86 @@ def test_cuda_profile_uses_events(tmp_path: Path) -> None:
     lut = profile(load_space("tiny"), fast_settings(backend="torch", device="cuda"), tmp_path / "cuda.csv")
     assert lut.meta["device_kind"] == "cuda"
     assert (lut.table["latency_ms"] > 0).all()
+
+
+def _journal(work, true_ms: dict[str, float], kernels: dict[str, int], kernel_ms: float, with_counts: bool) -> list:
+    """Journal rows of a profile whose node profiler adds ``kernel_ms`` to every kernel it times,
+    of networks that run as ``sum(true_ms) + 0.05`` ms."""
+
+    def row(name: str, ms: float, **extra) -> dict[str, str]:
+        return {
+            "name": name,
+            "round": "0",
+            "median_ms": str(ms),
+            "p10_ms": str(ms),
+            "p90_ms": str(ms),
+            "runs": "9",
+            **extra,
+        }
+
+    rows = [row(n, true_ms[c.key] * 1.3) for n, c in work.ops.items()]  # alone: warmer caches, off
+    for name, arch in work.nets.items():
+        total = 0.05
+        for i, node in enumerate(arch.plan.nodes):
+            if node.call.priced:
+                k, t = kernels[node.call.key], true_ms[node.call.key]
+                total += t
+                rows.append(row(f"{name}#{i}", t + kernel_ms * k, **({"kernels": str(k)} if with_counts else {})))
+        rows.append(row(name, total))
+    return rows
+
+
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_the_lut_removes_what_the_node_profiler_adds_per_kernel(space: str) -> None:
+    """Blocks of a few µs read high in ORT's node profiler by about the same amount per kernel;
+    the LUT's model finds that amount from the whole networks, so sums of its latencies predict
+    them, and without kernel counts (torch) it keeps the plain model."""
+    from hwnas.profiling.profile import assemble, space_meta
+
+    sp = load_space(space)
+    s = fast_settings(calib_nets=8)
+    work = plan_work(sp, s)
+    rng = __import__("random").Random(3)
+    keys = sorted({c.key for c in sp.calls() if c.priced})
+    true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
+    kernels = {k: rng.randint(1, 6) for k in keys}
+    lut = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.002, True), {})
+    model = lut.meta["model"]
+    assert model["kernel_ms"] == pytest.approx(0.002, rel=1e-3)
+    assert model["scale"] == pytest.approx(1.0, rel=1e-3)
+    assert model["overhead_ms"] == pytest.approx(0.05, rel=1e-2)
+    for k in keys:
+        assert lut.latency[k] == pytest.approx(true_ms[k], abs=1e-4)
+    assert set(lut.table["kernels"]) == set(kernels.values())
+    assert max(abs(n["error_pct"]) for n in model["nets"]) < 0.1
+
+    plain = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.002, False), {})
+    assert plain.meta["model"]["kernel_ms"] == 0.0
+    assert list(plain.table["latency_ms"]) == list(plain.table["profiled_ms"])
+
+    honest = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.0, True), {})
+    assert honest.meta["model"]["kernel_ms"] < 1e-6  # nothing added: nothing removed
+
+
+def test_each_round_times_the_jobs_in_its_own_seeded_order(tmp_path: Path) -> None:
+    """A model's place in a round must not bias it (e.g. always timed last): each round walks the
+    jobs in another order, the same on every run so that a resumed profile redoes nothing."""
+    orders = []
+    for run in range(2):
+        log: list[str] = []
+        jobs = [Job(f"j{i}", "op", (lambda i=i, log=log: _Counting(log, f"j{i}"))) for i in range(8)]
+        runner.run_jobs(jobs, 3, TimingSettings(), tmp_path / f"r{run}.csv")
+        orders.append([log[r * 8 : (r + 1) * 8] for r in range(3)])
+    assert orders[0] == orders[1]
+    assert len({tuple(o) for o in orders[0]}) == 3
+    assert all(sorted(o) == [f"j{i}" for i in range(8)] for o in orders[0])
+
+
+def test_a_journal_written_before_kernel_counts_keeps_its_columns(tmp_path: Path) -> None:
+    results = tmp_path / "r.csv"
+    results.write_text("name,round,median_ms,p10_ms,p90_ms,runs\nj0,0,1.0,1.0,1.0,3\n")
+    runner.append_rows(results, [{"name": "j1#0", "round": 0, "median_ms": 0.5, "p10_ms": 0.5, "p90_ms": 0.5,
+                                  "runs": 3, "kernels": 2}, {"name": "j1", "round": 0, "median_ms": 1.0,
+                                  "p10_ms": 1.0, "p90_ms": 1.0, "runs": 3}])  # fmt: skip
+    assert results.read_text().splitlines()[0] == "name,round,median_ms,p10_ms,p90_ms,runs"
+    assert [r["name"] for r in read_rows(results)] == ["j0", "j1#0", "j1"]

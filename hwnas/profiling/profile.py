@@ -8,14 +8,20 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
    each of their blocks is timed *inside* them (ONNX Runtime's node profiler; for torch, the clock
    read between nodes). A block alone in a hot loop runs with warmer caches and without the
    layout conversions a network amortises, so in-network times are what a network is made of;
-   a key's ``latency_ms`` is the median of its in-network times;
-3. ``scale`` and ``overhead_ms`` of ``predicted = scale * sum(latency_ms) + overhead_ms`` are
-   fitted by least squares to the whole-network times (per-run overhead, glue the blocks do not
-   own, the node profiler's own cost).
+   a key's ``profiled_ms`` is the median of its in-network times, and ``kernels`` how many
+   kernels ONNX Runtime ran for it;
+3. ``predicted = scale * sum(profiled_ms) - scale * kernel_ms * sum(kernels) + overhead_ms`` is
+   fitted by relative least squares to the whole-network times (``overhead_ms``: per-run
+   overhead and glue the blocks do not own; ``kernel_ms``: what the node profiler adds to each
+   kernel it times, about 2 µs per kernel here, which matters for blocks of 5-40 µs). Each key's
+   ``latency_ms = profiled_ms - kernel_ms * kernels`` (not below 0), so that the table prices a
+   network as ``scale * sum(latency_ms) + overhead_ms``, the one formula every user of a LUT
+   applies. Without kernel counts (torch, older journals) ``kernel_ms`` is 0.
 
-All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any) and each figure is
-the median of its round medians. Results go to a journal in ``<out>.work/`` as they come, so an
-interrupted profile resumes where it stopped; the LUT is written only when complete, atomically.
+All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
+shuffled order per round) and each figure is the median of its round medians. Results go to a
+journal in ``<out>.work/`` as they come, so an interrupted profile resumes where it stopped; the
+LUT is written only when complete, atomically.
 """
 
 from __future__ import annotations
@@ -213,25 +219,44 @@ def assemble(
     lacking = [n for n in [*work.ops, *work.nets] if n not in med]
     if lacking:
         raise LutError(f"the measurements lack {len(lacking)} job(s), e.g. {lacking[0]}; re-run to finish them")
+    kernel_rows = _kernel_counts(rows)
     context: dict[str, list[float]] = defaultdict(list)
+    kernels: dict[str, list[int]] | None = defaultdict(list)
     for name, arch in work.nets.items():
         for i, node in enumerate(arch.plan.nodes):
             if node.call.priced:
                 context[node.call.key].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
+                if kernels is not None and f"{name}#{i}" in med:
+                    if f"{name}#{i}" not in kernel_rows:
+                        kernels = None  # a timer without kernel counts (torch, an older journal)
+                    else:
+                        kernels[node.call.key].append(kernel_rows[f"{name}#{i}"])
     table = []
     for name, call in work.ops.items():
         rs = by_round[name]
         table.append({
             "key": call.key, "op": call.op, "params": call.param_str, "input": call.shape_str,
-            "latency_ms": statistics.median(context[call.key]) if context[call.key] else med[name],
+            "profiled_ms": statistics.median(context[call.key]) if context[call.key] else med[name],
+            "kernels": round(statistics.median(kernels[call.key])) if kernels and kernels[call.key] else None,
             "isolated_ms": med[name],
             "isolated_p10_ms": statistics.median(float(r["p10_ms"]) for r in rs),
             "isolated_p90_ms": statistics.median(float(r["p90_ms"]) for r in rs),
             "context_n": len(context[call.key]),
         })  # fmt: skip
-    lat = {r["key"]: r["latency_ms"] for r in table}
-    xs = np.array([sum(lat[c.key] for c in a.plan.priced_calls()) for a in work.nets.values()])
+    prof = {r["key"]: r["profiled_ms"] for r in table}
+    kern = {r["key"]: r["kernels"] or 0 for r in table}
+    archs = list(work.nets.values())
     ys = np.array([med[n] for n in work.nets])
+    kernel_ms = fit_kernel_ms(
+        np.array([sum(prof[c.key] for c in a.plan.priced_calls()) for a in archs]),
+        np.array([sum(kern[c.key] for c in a.plan.priced_calls()) for a in archs], dtype=float),
+        ys,
+        [prof[k] / kern[k] for k in prof if kern[k]],
+    )
+    for r in table:
+        r["latency_ms"] = max(0.0, r["profiled_ms"] - kernel_ms * (r["kernels"] or 0))
+    lat = {r["key"]: r["latency_ms"] for r in table}
+    xs = np.array([sum(lat[c.key] for c in a.plan.priced_calls()) for a in archs])
     from hwnas.supernet import fastest_sum
 
     space = _space_from_meta(space_meta, work)
@@ -250,7 +275,10 @@ def assemble(
         "model": {
             "method": "context",
             "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",
-            "scale": float(scale), "overhead_ms": float(overhead),
+            "latency_ms": "max(0, profiled_ms - kernel_ms * kernels): the block's in-network time without "
+                          "what the node profiler adds to each kernel it times",
+            "fit": "relative least squares over the probe and calibration networks",
+            "scale": float(scale), "overhead_ms": float(overhead), "kernel_ms": float(kernel_ms),
             "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
             "nets": nets,
         },
@@ -259,8 +287,39 @@ def assemble(
     return LUT.from_rows(table, meta)
 
 
+def _kernel_counts(rows: list[dict[str, str]]) -> dict[str, int]:
+    """Per block row name (``net:x#i``), the kernels it ran as (the median over rounds); rows
+    without a count (torch, journals written before counts existed) are left out."""
+    by: dict[str, list[int]] = defaultdict(list)
+    for r in rows:
+        k = r.get("kernels")
+        if "#" in r["name"] and k not in (None, ""):
+            by[r["name"]].append(int(float(k)))
+    return {n: round(statistics.median(v)) for n, v in by.items()}
+
+
+def fit_kernel_ms(sums: np.ndarray, kernels: np.ndarray, ys: np.ndarray, per_kernel_ms: list[float]) -> float:
+    """What the node profiler adds to each kernel it times (ms), from ``y = a*sum - a*k*kernels + c``.
+
+    ``sums`` are the networks' sums of profiled block times, ``kernels`` their kernel counts and
+    ``ys`` their whole-network times; fitted by relative least squares. The fit is kept only when
+    it is physical: at least 6 networks whose kernel counts are not all alike, ``a`` in (0.5, 2),
+    and ``k`` above 0 and below the median of the keys' profiled time per kernel (the profiler
+    cannot add more than a typical kernel's own time). Otherwise 0: the plain sum model.
+    """
+    if len(ys) < 6 or not per_kernel_ms or np.ptp(kernels) == 0 or np.ptp(sums) <= 1e-9:
+        return 0.0
+    x = np.vstack([sums, kernels, np.ones_like(sums)]).T / ys[:, None]
+    (a, b, _c), *_ = np.linalg.lstsq(x, np.ones_like(ys), rcond=None)
+    if not 0.5 < a < 2.0:
+        return 0.0
+    k = float(-b / a)
+    return k if 0.0 < k < statistics.median(per_kernel_ms) else 0.0
+
+
 def fit_model(xs: np.ndarray, ys: np.ndarray, x_floor: float | None = None) -> tuple[float, float]:
-    """Least-squares ``y = scale * x + overhead`` over the calibration networks.
+    """``y = scale * x + overhead`` over the calibration networks, by relative least squares
+    (each network's error as a share of its time: what the fidelity report's MAPE measures).
 
     ``x_floor`` is the block sum of the space's fastest network: a negative overhead may not take
     more than half of its predicted time (a fit on mid-sized networks must not predict the
@@ -269,11 +328,12 @@ def fit_model(xs: np.ndarray, ys: np.ndarray, x_floor: float | None = None) -> t
     if len(xs) == 0:
         return 1.0, 0.0
     lo = float(xs.min()) if x_floor is None else min(float(xs.min()), x_floor)
+    w = 1.0 / np.maximum(ys, 1e-12)
     if len(xs) >= 3 and np.ptp(xs) > 1e-9:
-        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs, np.ones_like(xs)]).T, ys, rcond=None)
+        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs * w, w]).T, np.ones_like(ys), rcond=None)
         if 0.5 < scale < 2.0 and overhead >= -0.5 * scale * lo:
             return float(scale), float(overhead)
-    scale = float(np.dot(xs, ys) / max(float(np.dot(xs, xs)), 1e-18))
+    scale = float(np.dot(xs * w, ys * w) / max(float(np.dot(xs * w, xs * w)), 1e-18))
     return (scale, 0.0) if scale > 0 else (1.0, 0.0)
 
 

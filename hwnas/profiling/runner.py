@@ -15,11 +15,13 @@ Timing discipline (all times in milliseconds):
 * a warm-up of at least ``warmup_ms`` before every measurement (the first runs after a switch
   are 1.1-6x slower), then ``time.perf_counter`` around each run;
 * every model is timed in several *rounds*: round ``r`` of every model before round ``r + 1``
-  of any, so slow drift of the machine spreads over all models instead of biasing some;
+  of any, so slow drift of the machine spreads over all models instead of biasing some, and in
+  a different (seeded) order each round, so a model's place in a round does not bias it either;
 * for a whole network (kind ``net``) each round also records every block's time *inside* the
   network (ONNX Runtime's node profiler, nodes mapped to blocks by their ``/nodes.<i>/`` scope).
 
-Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs`` appended durably to a CSV; a
+Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs[, kernels]`` appended durably to a
+CSV (``kernels``: for a block inside a network, how many kernels ONNX Runtime ran for it); a
 killed run resumes where it stopped (finished rows are never redone).
 """
 
@@ -30,6 +32,7 @@ import csv
 import io
 import json
 import os
+import random
 import re
 import statistics
 import sys
@@ -45,7 +48,8 @@ import numpy as np
 import onnxruntime as ort
 
 MANIFEST = "manifest.json"
-RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")
+RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")  # every row has them
+OPTIONAL_FIELDS = ("kernels",)  # block rows from ONNX Runtime's profiler; absent in older files
 NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
 
 
@@ -108,7 +112,11 @@ class Timed(Protocol):
     def time(self, s: TimingSettings) -> list[float]: ...
 
     def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
-        """Per-block in-network times (ms per run) keyed by plan node index; nets only."""
+        """Per-block in-network times (ms per run) keyed by plan node index; nets only.
+
+        A timer that knows how many kernels ran for each block may also set ``kernels``
+        (plan node index -> count) as it does so.
+        """
         ...
 
 
@@ -169,6 +177,7 @@ class OrtModel:
         self.model, self.threads, self.provider, self.spinning = model, threads, provider, spinning
         self.sess = ort.InferenceSession(model, session_options(threads, spinning), providers=providers_for(provider))
         self.io, self._keep = self._bind(self.sess, seed)
+        self.kernels: dict[int, int] = {}  # per block, the kernels ORT ran for it (set by node_times)
 
     def _bind(self, sess: ort.InferenceSession, seed: int) -> tuple[ort.IOBinding, list[ort.OrtValue]]:
         rng = np.random.default_rng(seed)
@@ -199,7 +208,8 @@ class OrtModel:
         return time_runs(cpu_step(self.run), s)
 
     def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
-        """In-network block times from ORT's node profiler (kernel time of each node, ms)."""
+        """In-network block times from ORT's node profiler (kernel time of each node, ms); also
+        sets ``kernels``, how many kernels (profiled nodes) each block ran as."""
         with tempfile.TemporaryDirectory() as tmp:
             so = session_options(self.threads, self.spinning, os.path.join(tmp, "prof"))
             sess = ort.InferenceSession(self.model, so, providers=providers_for(self.provider))
@@ -222,6 +232,12 @@ class OrtModel:
             counts[name] += 1
             if run < len(per_run[int(m.group(1))]):
                 per_run[int(m.group(1))][run] += e["dur"] / 1e3
+        kernels: dict[int, set[str]] = defaultdict(set)
+        for name in counts:
+            m = NODE_SCOPE.search(name)
+            if m:
+                kernels[int(m.group(1))].add(name)
+        self.kernels = {i: len(names) for i, names in kernels.items()}
         return {i: runs[warm : warm + s.profile_runs] for i, runs in per_run.items()}
 
 
@@ -246,12 +262,17 @@ def append_rows(path: Path, rows: Iterable[dict[str, object]]) -> None:
     """
     _drop_torn_tail(path)
     new = not path.exists() or path.stat().st_size == 0
+    if new:
+        fields = [*RESULT_FIELDS, *OPTIONAL_FIELDS]
+    else:  # keep the columns the file has (one written before ``kernels`` existed stays consistent)
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f), list(RESULT_FIELDS))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     if new:
         w.writeheader()
     for row in rows:
-        w.writerow({k: row[k] for k in RESULT_FIELDS})
+        w.writerow({k: row.get(k, "") for k in fields})
     with path.open("ab") as f:
         f.write(buf.getvalue().encode())
         f.flush()
@@ -332,7 +353,9 @@ def run_jobs(
     total = rounds * len(jobs)
     k = timed = 0
     for rnd in range(rounds):
-        for job in jobs:
+        order = list(jobs)
+        random.Random(rnd).shuffle(order)  # seeded: a resumed run walks the same order
+        for job in order:
             k += 1
             if (job.name, rnd) in done:
                 if progress:
@@ -345,7 +368,11 @@ def run_jobs(
             rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing))}]
             if job.kind == "net":
                 blocks = sorted(model.node_times(timing).items())
-                rows = [{"name": f"{job.name}#{i}", "round": rnd, **summarize(xs)} for i, xs in blocks] + rows
+                kernels: dict[int, int] = getattr(model, "kernels", {})
+                rows = [
+                    {"name": f"{job.name}#{i}", "round": rnd, **summarize(xs), "kernels": kernels.get(i, "")}
+                    for i, xs in blocks
+                ] + rows
             append_rows(results, rows)  # the job's own row last: it marks the batch complete
             timed += 1
             if progress:
