@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.lut import LUT
-from hwnas.measure import fidelity
+from hwnas.measure import VALIDATION_ROUNDS, fidelity
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.space import load_space
 
@@ -39,7 +39,9 @@ def main() -> None:
     ap.add_argument("--nets", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks")
     ap.add_argument("--repeat", action="store_true", help="build a second LUT and compare predictions")
-    ap.add_argument("--measure-rounds", type=int, default=5, help="rounds for each validation network")
+    ap.add_argument("--measure-rounds", type=int, default=VALIDATION_ROUNDS, help="rounds for each validation network")
+    ap.add_argument("--rounds", type=int, default=None, help="profile rounds (default: hwnas profile's)")
+    ap.add_argument("--calib-nets", type=int, default=None, help="profile calibration nets (default: hwnas profile's)")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +50,7 @@ def main() -> None:
         name, size, threads = cfg.split(":")
         sp = load_space(name, input_size=int(size))
         s = ProfileSettings(threads=int(threads))
+        s = replace(s, rounds=a.rounds or s.rounds, calib_nets=s.calib_nets if a.calib_nets is None else a.calib_nets)
         path = a.out / f"{name}-{size}-t{threads}.csv"
         for p in (path, path.with_name(path.stem + ".meta.json")):
             p.unlink(missing_ok=True)

@@ -567,7 +567,7 @@ def validate_lut(
     Example: hwnas validate-lut --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv --nets 50
     """
     from hwnas.lut import LUT, atomic_write
-    from hwnas.measure import device_note, fidelity, settings_from_lut
+    from hwnas.measure import VALIDATION_ROUNDS, device_note, fidelity, settings_from_lut
 
     if json_out:
         check_out_path(json_out, True, "--json")  # before minutes of measuring; the report replaces it
@@ -577,8 +577,7 @@ def validate_lut(
         space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]),
         m.get("in_channels"), m.get("num_classes"),
     )  # fmt: skip
-    # validation nets get at least 5 rounds: their own noise should not blur the figures
-    s = settings_from_lut(table, rounds=rounds or max(5, int(table.meta.get("rounds", 3))))
+    s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
     note = device_note(table, s)
     if note:
         err.print(note, highlight=False)
