@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One-path supernet benchmark: does a supernet trained one sampled path per step learn?
 
-Weight-only training of a block space's sharing supernet (what ``binary`` and ``gumbel --hard``
+Weight-only training of a space's sharing supernet (what ``binary`` and ``gumbel --hard``
 run in their weight steps and warm-up), one path per step drawn uniformly from the candidates a
 variant allows, on the first ``--images`` Fashion-MNIST training images at their 28 px. Prints the
 train accuracy (and loss) of each window of 50 steps, and a table of the last window per variant
@@ -21,9 +21,13 @@ variant allows none of them):
 
 ``--no-align`` builds the supernet without starting the expansions as the identity where a layer
 offers e1 (:meth:`hwnas.supernet.MixedOp._align_expansions`): the behaviour before it existed.
+``--space darts`` trains the DARTS cell supernet the same way, one op per edge (its op names
+match no variant but ``all``, so every variant trains all eight).
 
     python bench/one_path.py                                # all variants, seeds 0 and 1: ~25 min
     python bench/one_path.py --variants e1+e3 --no-align    # the "before" row
+    python bench/one_path.py --variants all --steps 2000    # how long all nine take (~5 min a seed)
+    python bench/one_path.py --space darts --variants all --seeds 0 --steps 1000   # ~16 min
 """
 
 from __future__ import annotations
@@ -132,7 +136,7 @@ def run(space: str, variant: str, seed: int, a: argparse.Namespace) -> tuple[flo
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--space", default="fbnet", help="a block space")
+    ap.add_argument("--space", default="fbnet", help="a space: fbnet, darts, ...")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--steps", type=int, default=400, help="weight steps (a multiple of 50 is reported whole)")
