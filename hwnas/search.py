@@ -406,8 +406,8 @@ def _one_path_advice(net: Supernet, strategy: str, steps: int) -> str | None:
         f"differ in structure ({unaligned[0]}): shared weights cannot make them compute related features, so the "
         "supernet needs many weight steps (one path per step on Fashion-MNIST, train accuracy: fbnet 13-14 % after "
         "400 steps, 49-53 % after 2000; darts 31 % after 400, 56 % after 1000 - bench/one_path.py). This search runs "
-        f"{steps} weight step{'s' if steps != 1 else ''}: raise --epochs or --limit, or use softmax or soft gumbel, "
-        "which run every candidate and learn sooner"
+        f"{steps} weight step{'s' if steps != 1 else ''} (more: raise --epochs or --limit); softmax or soft gumbel, "
+        "which run every candidate, learn sooner"
     )
 
 

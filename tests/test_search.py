@@ -181,7 +181,7 @@ def test_cli_search(data_dir: Path, luts, tmp_path: Path) -> None:
     assert "predicted" in res.output and "priced at the deployment input" in res.output
     # binary (the default) on tiny, whose layer 1 offers a 1x1 skip projection beside MBConv: the user is told
     assert "differ in structure (layer 1: mbconv_k3_e1 vs skip)" in res.output
-    assert "This search runs 1 weight step:" in " ".join(res.output.split())  # 8 of the 16 images, batch 8
+    assert "This search runs 1 weight step (more:" in " ".join(res.output.split())  # 8 of the 16 images, batch 8
     doc = json.loads((tmp_path / "run" / "arch.json").read_text())
     assert doc["info"]["budget_ms"] == 1000.0
     res = runner.invoke(app, args)
