@@ -147,6 +147,18 @@ def test_standalone_runner_round_trip(tmp_path: Path) -> None:
     lut = import_results(folder / "times.csv", tmp_path / "lut.csv")
     assert sorted(lut.table["key"]) == sorted(c.key for c in sp.calls())
     assert lut.meta["imported_from"].endswith("times.csv")
+    assert lut.table["kernels"].notna().any(), "the board's runner records kernels per block too"
+    # figures damaged on the way back from the board: one line naming the row, no LUT written
+    text = (folder / "times.csv").read_text()
+    head = text.splitlines()[0].split(",")
+    block = next(line for line in text.splitlines() if "#" in line.split(",")[0])
+    for field, value in (("kernels", "x"), ("median_ms", "nan"), ("runs", "-3")):
+        cells = block.split(",")
+        cells[head.index(field)] = value
+        (folder / "times.csv").write_text(text.replace(block, ",".join(cells)))
+        with pytest.raises(HwnasError, match=f"{field} '{value}' is not a non-negative number"):
+            import_results(folder / "times.csv", tmp_path / "lut2.csv")
+        assert not (tmp_path / "lut2.csv").exists()
 
 
 def test_cuda_without_gpu_is_one_clear_error(tmp_path: Path) -> None:

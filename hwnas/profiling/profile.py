@@ -549,6 +549,32 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
         "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
         "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip
-    lut = assemble(hw["space"], s, work, read_rows(times_csv), extra)
+    rows = read_rows(times_csv)
+    _check_imported(rows, times_csv, folder)
+    lut = assemble(hw["space"], s, work, rows, extra)
     lut.save(out)
     return lut
+
+
+def _check_imported(rows: list[dict[str, str]], times_csv: Path, folder: Path) -> None:
+    """Refuse, in one line, a runner's results file whose figures are not numbers (edited or
+    damaged on its way back from the board), before they reach the model fit."""
+    for r in rows:
+        bad = [f for f in ("median_ms", "p10_ms", "p90_ms") if not _number(r[f])]
+        if not r["round"].isdigit() or not r["runs"].isdigit():
+            bad.append("round" if not r["round"].isdigit() else "runs")
+        if r.get("kernels") not in (None, "") and not str(r["kernels"]).isdigit():
+            bad.append("kernels")
+        if bad:
+            raise HwnasError(
+                f"{times_csv}: row {r['name']!r}, round {r['round']!r}: {bad[0]} {r[bad[0]]!r} is not a "
+                f"non-negative number; re-run `python ort_runner.py {folder}` on the target"
+            )
+
+
+def _number(text: str) -> bool:
+    try:
+        v = float(text)
+    except ValueError:
+        return False
+    return v >= 0 and v != float("inf")
