@@ -226,6 +226,11 @@ def profile(
         f"wrote {path}: {len(lut.table)} keys, {lut.describe()}, {lut.meta['profile_seconds']:.1f} s\n"
         f"whole-net model: predicted = {model['scale']:.4f} x sum + {model['overhead_ms']:.4f} ms "
         f"(fit on {len(model['nets'])} nets, mean error {model['fit_mape_pct']:.2f}%)"
+        + (
+            f"; {model['kernel_ms'] * 1e3:.2f} us per kernel removed from each block (the node profiler's own cost)"
+            if model.get("kernel_ms")
+            else ""
+        )
     )
 
 
