@@ -108,6 +108,23 @@ def test_profile_command_and_force(tmp_path: Path, fast_target: Path) -> None:
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("limit, warned", [(-1.0, True), (1e9, False)])
+def test_profile_warns_when_its_model_misses_its_own_networks(
+    limit: float, warned: bool, tmp_path: Path, fast_target: Path, monkeypatch
+) -> None:
+    """A profile measured on a busy machine fits its own calibration networks badly: the user is
+    told at once, not after building a search on it."""
+    import hwnas.cli
+
+    monkeypatch.setattr(hwnas.cli, "FIT_WARN_PCT", limit)
+    out = tmp_path / "t.csv"
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--out", out)
+    assert res.exit_code == 0 and out.exists(), res.output
+    fit = json.loads(meta_path(out).read_text())["model"]["fit_mape_pct"]
+    assert ("warning: the whole-net model misses the networks it was fitted on" in res.output) is warned
+    assert (f"by {fit:.1f} %" in res.output) is warned
+
+
 def test_spaces_and_ops_list() -> None:
     res = run("spaces")
     assert res.exit_code == 0 and "proxyless" in res.output and "darts" in res.output
