@@ -29,8 +29,9 @@ Progress = Callable[[int, int, str], None]
 
 TARGET_FIELDS = ("backend", "device", "threads", "batch")
 # Rounds a fidelity report gives each validation network at least: its own noise must not blur the
-# figures. On a shared 2-core VM 9 rounds halved the disagreement between a measurement's even and
-# odd rounds against 5 (1.4 % vs 2.5-3 % mean on DARTS networks of about 1 ms).
+# figures. On a shared 2-core VM, runs with 9 rounds showed half the disagreement between a
+# measurement's even and odd rounds that runs with 5 did (1.4-2.1 % vs 2.5-4 % mean on DARTS
+# networks of about 1 ms; separate runs on one noisy day).
 VALIDATION_ROUNDS = 9
 
 
