@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -216,7 +217,7 @@ def test_the_lut_removes_what_the_node_profiler_adds_per_kernel(space: str) -> N
     sp = load_space(space)
     s = fast_settings(calib_nets=8)
     work = plan_work(sp, s)
-    rng = __import__("random").Random(3)
+    rng = random.Random(3)
     keys = sorted({c.key for c in sp.calls() if c.priced})
     true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
     kernels = {k: rng.randint(1, 6) for k in keys}
