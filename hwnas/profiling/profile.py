@@ -48,6 +48,7 @@ import numpy as np
 
 from hwnas import __version__
 from hwnas.arch import Arch
+from hwnas.checks import is_number
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
 from hwnas.ops import OpCall, parse_key
@@ -219,25 +220,23 @@ def assemble(
     lacking = [n for n in [*work.ops, *work.nets] if n not in med]
     if lacking:
         raise LutError(f"the measurements lack {len(lacking)} job(s), e.g. {lacking[0]}; re-run to finish them")
-    kernel_rows = _kernel_counts(rows)
+    counts = _kernel_counts(rows)
+    counted = all(n in counts for n in med if "#" in n)  # not with torch, nor in an older journal
     context: dict[str, list[float]] = defaultdict(list)
-    kernels: dict[str, list[int]] | None = defaultdict(list)
+    kernels: dict[str, list[int]] = defaultdict(list)
     for name, arch in work.nets.items():
         for i, node in enumerate(arch.plan.nodes):
             if node.call.priced:
                 context[node.call.key].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
-                if kernels is not None and f"{name}#{i}" in med:
-                    if f"{name}#{i}" not in kernel_rows:
-                        kernels = None  # a timer without kernel counts (torch, an older journal)
-                    else:
-                        kernels[node.call.key].append(kernel_rows[f"{name}#{i}"])
+                if counted and f"{name}#{i}" in counts:
+                    kernels[node.call.key].append(counts[f"{name}#{i}"])
     table = []
     for name, call in work.ops.items():
         rs = by_round[name]
         table.append({
             "key": call.key, "op": call.op, "params": call.param_str, "input": call.shape_str,
             "profiled_ms": statistics.median(context[call.key]) if context[call.key] else med[name],
-            "kernels": round(statistics.median(kernels[call.key])) if kernels and kernels[call.key] else None,
+            "kernels": round(statistics.median(kernels[call.key])) if kernels[call.key] else None,
             "isolated_ms": med[name],
             "isolated_p10_ms": statistics.median(float(r["p10_ms"]) for r in rs),
             "isolated_p90_ms": statistics.median(float(r["p90_ms"]) for r in rs),
@@ -294,7 +293,7 @@ def _kernel_counts(rows: list[dict[str, str]]) -> dict[str, int]:
     for r in rows:
         k = r.get("kernels")
         if "#" in r["name"] and k not in (None, ""):
-            by[r["name"]].append(int(float(k)))
+            by[r["name"]].append(int(k))
     return {n: round(statistics.median(v)) for n, v in by.items()}
 
 
@@ -309,8 +308,7 @@ def fit_kernel_ms(sums: np.ndarray, kernels: np.ndarray, ys: np.ndarray, per_ker
     """
     if len(ys) < 6 or not per_kernel_ms or np.ptp(kernels) == 0 or np.ptp(sums) <= 1e-9:
         return 0.0
-    x = np.vstack([sums, kernels, np.ones_like(sums)]).T / ys[:, None]
-    (a, b, _c), *_ = np.linalg.lstsq(x, np.ones_like(ys), rcond=None)
+    a, b, _c = _relative_lstsq([sums, kernels, np.ones_like(sums)], ys)
     if not 0.5 < a < 2.0:
         return 0.0
     k = float(-b / a)
@@ -328,13 +326,20 @@ def fit_model(xs: np.ndarray, ys: np.ndarray, x_floor: float | None = None) -> t
     if len(xs) == 0:
         return 1.0, 0.0
     lo = float(xs.min()) if x_floor is None else min(float(xs.min()), x_floor)
-    w = 1.0 / np.maximum(ys, 1e-12)
     if len(xs) >= 3 and np.ptp(xs) > 1e-9:
-        (scale, overhead), *_ = np.linalg.lstsq(np.vstack([xs * w, w]).T, np.ones_like(ys), rcond=None)
+        scale, overhead = _relative_lstsq([xs, np.ones_like(xs)], ys)
         if 0.5 < scale < 2.0 and overhead >= -0.5 * scale * lo:
-            return float(scale), float(overhead)
-    scale = float(np.dot(xs * w, ys * w) / max(float(np.dot(xs * w, xs * w)), 1e-18))
+            return scale, overhead
+    (scale,) = _relative_lstsq([xs], ys)
     return (scale, 0.0) if scale > 0 else (1.0, 0.0)
+
+
+def _relative_lstsq(columns: list[np.ndarray], ys: np.ndarray) -> list[float]:
+    """Coefficients ``c`` minimising ``sum(((X @ c) / y - 1) ** 2)``, ``X``'s columns given: each
+    network's error as a share of its time, what the fidelity report's MAPE judges."""
+    x = np.vstack(columns).T / np.maximum(ys, 1e-12)[:, None]
+    coef, *_ = np.linalg.lstsq(x, np.ones_like(ys), rcond=None)
+    return [float(c) for c in coef]
 
 
 def _space_from_meta(space_meta: dict[str, Any], work: Work) -> Space | None:
@@ -573,8 +578,9 @@ def _check_imported(rows: list[dict[str, str]], times_csv: Path, folder: Path) -
 
 
 def _number(text: str) -> bool:
+    """``text`` reads as a finite number >= 0."""
     try:
         v = float(text)
     except ValueError:
         return False
-    return v >= 0 and v != float("inf")
+    return is_number(v) and v >= 0
