@@ -77,7 +77,11 @@ def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | No
 
 
 def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[list[float]]:
-    """Each arch's per-round median end-to-end latency (ms), rounds in order, on the target of ``s``."""
+    """Each arch's per-round median end-to-end latency (ms), rounds in order, on the target of ``s``.
+
+    Each round median is divided by the machine's speed when it was timed, as a profile's are
+    (:func:`hwnas.profiling.runner.speed_factors`; with fewer than 3 archs there is nothing to
+    compare with, and the readings are as timed)."""
     check_target(s)
     _, load_net = loaders(s)
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]

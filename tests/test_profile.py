@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,75 @@ def test_a_journal_written_before_kernel_counts_keeps_its_columns(tmp_path: Path
                                   "p10_ms": 1.0, "p90_ms": 1.0, "runs": 3}])  # fmt: skip
     assert results.read_text().splitlines()[0] == "name,round,median_ms,p10_ms,p90_ms,runs"
     assert [r["name"] for r in read_rows(results)] == ["j0", "j1#0", "j1"]
+
+
+def _in_rounds(rows: list[dict[str, str]], rounds: int, slow: Callable[[int, str], float]) -> list[dict[str, str]]:
+    """One round's journal rows as ``rounds`` rounds, each in its own shuffled order, every job's
+    batch (its block rows, then its own row) multiplied by ``slow(position it ran at, job name)``."""
+    batches: list[list[dict[str, str]]] = [[]]
+    for r in rows:
+        batches[-1].append(r)
+        if "#" not in r["name"]:
+            batches.append([])
+    out, pos = [], 0
+    for rnd in range(rounds):
+        order = batches[:-1]
+        random.Random(rnd).shuffle(order)
+        for batch in order:
+            f = slow(pos, batch[-1]["name"])
+            out += [{**r, "round": str(rnd), "median_ms": str(float(r["median_ms"]) * f)} for r in batch]
+            pos += 1
+    return out
+
+
+def test_speed_factors_undo_an_episode_of_a_slower_machine() -> None:
+    """A shared machine runs 1.5x slower for a while; every model timed meanwhile reads 1.5x
+    high. The factors find the episode from the models' own other rounds, and the corrected
+    round values are the machine's usual times; without correction they keep the episode."""
+    true = {f"j{i}": 0.1 * (i + 1) for i in range(8)}
+    rows = [{"name": n, "round": "0", "median_ms": str(t), "p10_ms": "0", "p90_ms": "0", "runs": "9"}
+            for n, t in true.items()]  # fmt: skip
+    journal = _in_rounds(rows, 5, lambda pos, name: 1.5 if 12 <= pos < 24 else 1.0)
+    steady = runner.round_values(journal)
+    raw = runner.round_values(journal, steady=False)
+    for n, t in true.items():
+        assert steady[n] == pytest.approx([t] * 5, rel=1e-9)
+    assert sum(v > 1.4 * true[n] for n, vs in raw.items() for v in vs) == 12
+    factors = runner.speed_factors([r["name"] for r in journal], [float(r["median_ms"]) for r in journal])
+    assert [round(f, 9) for f in factors] == [1.5 if 12 <= i < 24 else 1.0 for i in range(40)]
+
+
+def test_speed_factors_leave_what_they_cannot_judge_alone() -> None:
+    assert runner.speed_factors(["a"] * 20, [1.0, 2.0] * 10) == [1.0] * 20  # one job: no one to compare with
+    assert runner.speed_factors(["a", "b", "c"] * 3, [1.0, 2.0, 3.0] * 3) == [1.0] * 9  # too few job-rounds
+    names = [f"j{i % 6}" for i in range(30)]
+    assert runner.speed_factors(names, [float(i % 6 + 1) for i in range(30)]) == [1.0] * 30  # a steady machine
+
+
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_a_slow_episode_in_the_profile_does_not_reach_the_lut(space: str) -> None:
+    """A network timed during slow episodes in 2 of its 3 rounds reads 1.5x high as the median of
+    its rounds; the LUT (its blocks' times, its whole-net model) is the one of a steady machine."""
+    from hwnas.profiling.profile import assemble, space_meta
+
+    sp = load_space(space)
+    s = fast_settings(calib_nets=8)
+    work = plan_work(sp, s)
+    rng = random.Random(5)
+    keys = sorted({c.key for c in sp.calls() if c.priced})
+    true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
+    kernels = {k: rng.randint(1, 6) for k in keys}
+    rows = _journal(work, true_ms, kernels, 0.002, True)
+    victim = "net:calib-3"
+    steady = _in_rounds(rows, 3, lambda pos, name: 1.0)
+    at = [i for i, r in enumerate(r for r in steady if "#" not in r["name"]) if r["name"] == victim][:2]
+    noisy = _in_rounds(rows, 3, lambda pos, name: 1.5 if any(abs(pos - a) <= 6 for a in at) else 1.0)
+    assert runner.round_medians(noisy, steady=False)[victim] == pytest.approx(
+        1.5 * runner.round_medians(steady)[victim]
+    ), "the episode reaches the plain median of rounds"
+    clean = assemble(space_meta(sp), s, work, steady, {})
+    lut = assemble(space_meta(sp), s, work, noisy, {})
+    for k in keys:
+        assert lut.latency[k] == pytest.approx(clean.latency[k], rel=1e-6)
+    assert lut.meta["model"]["scale"] == pytest.approx(clean.meta["model"]["scale"], rel=1e-6)
+    assert max(abs(n["error_pct"]) for n in lut.meta["model"]["nets"]) < 0.1

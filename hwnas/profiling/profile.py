@@ -19,7 +19,9 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
    applies. Without kernel counts (torch, older journals) ``kernel_ms`` is 0.
 
 All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
-shuffled order per round) and each figure is the median of its round medians. Results go to a
+shuffled order per round) and each figure is the median of its round medians, each divided first
+by the machine's speed when it was timed (:func:`hwnas.profiling.runner.speed_factors`: a shared
+machine runs in episodes of seconds 1.5x slower, which hit every model timed meanwhile alike). Results go to a
 journal in ``<out>.work/`` as they come, so an interrupted profile resumes where it stopped; the
 LUT is written only when complete, atomically.
 """
@@ -377,10 +379,20 @@ def run_meta(s: ProfileSettings, seconds: float) -> dict[str, Any]:
         from hwnas.profiling.torch_backend import MALLOC_SETTINGS
 
         settings["glibc_malloc"] = MALLOC_SETTINGS
+    settings["speed_correction"] = speed_correction()
     return {
         "device": device_name(s), "versions": versions(), "settings": settings,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "user": getpass.getuser(),
         "profile_seconds": round(seconds, 1), "seed": s.seed, "calib_nets": s.calib_nets,
+    }  # fmt: skip
+
+
+def speed_correction() -> dict[str, Any]:
+    """How the figures were corrected for the machine's changing speed (recorded in the metadata)."""
+    return {
+        "window": runner.SPEED_WINDOW,
+        "method": "each round median divided by the machine's speed when it was timed: the median, over the "
+                  "window job-rounds either side and itself, of log(round median / the job's median of rounds)",
     }  # fmt: skip
 
 
@@ -550,7 +562,10 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
     extra = {
         "device": info.get("device", "unknown (no .info.json beside the results)"),
         "versions": {"onnxruntime": info.get("onnxruntime"), "numpy": info.get("numpy"), "hwnas": __version__},
-        "settings": {"onnxruntime": info.get("ort_settings", runner.ort_settings(s.ort_spinning))},
+        "settings": {
+            "onnxruntime": info.get("ort_settings", runner.ort_settings(s.ort_spinning)),
+            "speed_correction": speed_correction(),
+        },
         "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
         "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip

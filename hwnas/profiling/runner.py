@@ -21,8 +21,9 @@ Timing discipline (all times in milliseconds):
   network (ONNX Runtime's node profiler, nodes mapped to blocks by their ``/nodes.<i>/`` scope).
 
 Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs[, kernels]`` appended durably to a
-CSV (``kernels``: for a block inside a network, how many kernels ONNX Runtime ran for it); a
-killed run resumes where it stopped (finished rows are never redone).
+CSV (``kernels``: for a block inside a network, how many kernels ONNX Runtime ran for it), in the
+order they ran; a killed run resumes where it stopped (finished rows are never redone). Reading
+them, each round median is divided by the machine's speed when it was timed (``speed_factors``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ MANIFEST = "manifest.json"
 RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")  # every row has them
 OPTIONAL_FIELDS = ("kernels",)  # block rows from ONNX Runtime's profiler; absent in older files
 NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
+# Job-rounds either side of a job-round whose residuals estimate the machine's speed at it (see
+# speed_factors). On a VM that ran in episodes 1.5x slower, 5 halved the disagreement of a
+# validation's even and odd rounds on one data set and cut it 7x on another (3 and 8 did about as well).
+SPEED_WINDOW = 5
 
 
 @dataclass(frozen=True)
@@ -392,17 +397,59 @@ def time_jobs(
         return round_values(read_rows(results))
 
 
-def round_values(rows: list[dict[str, str]]) -> dict[str, list[float]]:
-    """Each name's per-round medians (ms), in round order."""
+def speed_factors(names: list[str], values: list[float], window: int = SPEED_WINDOW) -> list[float]:
+    """How much slower (> 1) or faster (< 1) than usual the machine ran at each job-round.
+
+    ``names`` and ``values`` are the job-rounds in the order they ran (a job's name and its round
+    median). A shared machine changes speed in episodes of seconds (1.5x slower, on this project's
+    VMs) that hit every model timed meanwhile alike; a job's usual time is the median over its
+    rounds, its residual ``log(value / usual)``, and the machine's speed at a job-round is the
+    median residual of the ``window`` job-rounds either side of it and itself. Three passes, each
+    re-estimating the usual times from the corrected values. All 1.0 when there is too little to
+    compare: fewer than ``2 * window + 1`` job-rounds, or fewer than 3 jobs timed in 2 or more rounds.
+    """
+    n = len(values)
+    counts: dict[str, int] = defaultdict(int)
+    for name in names:
+        counts[name] += 1
+    if n < 2 * window + 1 or sum(c >= 2 for c in counts.values()) < 3:
+        return [1.0] * n
+    vals = np.asarray(values, dtype=np.float64)
+    factor = np.ones(n)
+    for _ in range(3):
+        by: dict[str, list[float]] = defaultdict(list)
+        for name, v in zip(names, vals / factor, strict=True):
+            by[name].append(v)
+        usual = {k: float(np.median(v)) for k, v in by.items()}
+        res = np.log(vals / np.array([usual[k] for k in names]))
+        factor = np.exp([np.median(res[max(0, i - window) : i + window + 1]) for i in range(n)])
+    return [float(f) for f in factor]
+
+
+def round_values(rows: list[dict[str, str]], steady: bool = True) -> dict[str, list[float]]:
+    """Each name's per-round medians (ms), in round order.
+
+    With ``steady`` (the default) each is divided by the machine's speed when it was timed
+    (:func:`speed_factors` over the job rows in file order, which is the order they ran; a block
+    row takes its job's factor), so an episode of a slower machine does not count as the model's
+    own time. ``steady=False``: the readings as timed.
+    """
+    jobs = [r for r in rows if "#" not in r["name"]]
+    factors = (
+        speed_factors([r["name"] for r in jobs], [float(r["median_ms"]) for r in jobs]) if steady else [1.0] * len(jobs)
+    )
+    at = {(r["name"], r["round"]): f for r, f in zip(jobs, factors, strict=True)}
     by: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
-        by[r["name"]].append((int(r["round"]), float(r["median_ms"])))
+        f = at.get((_parent(r["name"]), r["round"]), 1.0)
+        by[r["name"]].append((int(r["round"]), float(r["median_ms"]) / f))
     return {k: [v for _, v in sorted(xs)] for k, xs in by.items()}
 
 
-def round_medians(rows: list[dict[str, str]]) -> dict[str, float]:
-    """Each name's figure: the median over rounds of its per-round medians (ms)."""
-    return {k: statistics.median(v) for k, v in round_values(rows).items()}
+def round_medians(rows: list[dict[str, str]], steady: bool = True) -> dict[str, float]:
+    """Each name's figure: the median over rounds of its per-round medians (ms); ``steady`` as
+    for :func:`round_values`."""
+    return {k: statistics.median(v) for k, v in round_values(rows, steady).items()}
 
 
 # -- the standalone runner ------------------------------------------------------------------
