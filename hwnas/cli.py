@@ -629,6 +629,14 @@ def validate_lut(
             "repeatability (even vs odd rounds)",
             f"{rep['mean_diff_pct']:.2f} % mean, {rep['max_diff_pct']:.2f} % max, Spearman {rho}", "",
         ))  # fmt: skip
+    raw = r.get("as_timed")
+    if raw:
+        raw_rep = raw.get("repeatability")
+        rows.append((
+            "as timed (no speed correction)",
+            f"MAPE {raw['mape_pct']:.2f} %, Spearman {raw['spearman']:.4f}"
+            + (f", repeatability {raw_rep['mean_diff_pct']:.2f} % mean" if raw_rep else ""), "",
+        ))  # fmt: skip
     for row in rows:
         t.add_row(*row)
     out.print(t)

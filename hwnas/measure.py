@@ -81,12 +81,21 @@ def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | N
 
     Each round median is divided by the machine's speed when it was timed, as a profile's are
     (:func:`hwnas.profiling.runner.speed_factors`; with fewer than 3 archs there is nothing to
-    compare with, and the readings are as timed)."""
+    compare with, and the readings are as timed).
+    """
+    return measure_rounds_both(archs, s, progress)[0]
+
+
+def measure_rounds_both(
+    archs: list[Arch], s: ProfileSettings, progress: Progress | None = None
+) -> tuple[list[list[float]], list[list[float]]]:
+    """One measurement, two readings: :func:`measure_rounds`'s, and the same rounds as timed."""
     check_target(s)
     _, load_net = loaders(s)
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
-    by = runner.time_jobs(jobs, s.rounds, s.effective_timing, progress)
-    return [by[f"arch{i}"] for i in range(len(archs))]
+    rows = runner.time_job_rows(jobs, s.rounds, s.effective_timing, progress)
+    steady, timed = runner.round_values(rows), runner.round_values(rows, steady=False)
+    return [steady[f"arch{i}"] for i in range(len(archs))], [timed[f"arch{i}"] for i in range(len(archs))]
 
 
 def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
@@ -151,6 +160,8 @@ class Fidelity:
     drift: float | None
     profile_seconds: float | None
     repeat: dict[str, float | None] | None = None
+    measured_as_timed: list[float] | None = None  # the same rounds without the speed correction
+    repeat_as_timed: dict[str, float | None] | None = None
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)
@@ -161,6 +172,8 @@ class Fidelity:
         out["measured_range_ms"] = [float(m.min()), float(m.max())]
         if self.repeat is not None:
             out["repeatability"] = self.repeat
+        if self.measured_as_timed is not None:
+            out["as_timed"] = {**_stats(p, np.array(self.measured_as_timed)), "repeatability": self.repeat_as_timed}
         out["profile_seconds"] = self.profile_seconds
         return out
 
@@ -177,6 +190,8 @@ def fidelity(
     """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each.
 
     The LUT's probe networks are measured in the same rounds to estimate the machine's drift.
+    ``measured`` is corrected for the machine's changing speed (:func:`measure_rounds`);
+    ``measured_as_timed`` / ``repeat_as_timed`` are the same rounds without that correction.
     """
     if n < 3:
         raise HwnasError(f"--nets must be at least 3 for rank correlations, got {n}")
@@ -184,7 +199,10 @@ def fidelity(
     archs = [space.sample(rng) for _ in range(n)]
     predicted = [lut.predict(a).total_ms for a in archs]  # fails before measuring if keys are missing
     refs = reference_nets(space, lut)
-    rounds = measure_rounds(archs + [a for a, _ in refs], s, progress)
+    rounds, timed = measure_rounds_both(archs + [a for a, _ in refs], s, progress)
     measured = [float(np.median(r)) for r in rounds]
     drift = float(np.median([now / then for now, (_, then) in zip(measured[n:], refs, strict=True)])) if refs else None
-    return Fidelity(predicted, measured[:n], drift, lut.meta.get("profile_seconds"), repeatability(rounds[:n]))
+    return Fidelity(
+        predicted, measured[:n], drift, lut.meta.get("profile_seconds"), repeatability(rounds[:n]),
+        [float(np.median(r)) for r in timed[:n]], repeatability(timed[:n]),
+    )  # fmt: skip

@@ -1,10 +1,16 @@
-"""The fidelity report's own-noise figure: the measurement compared with itself."""
+"""The fidelity report: its own-noise figure (the measurement compared with itself) and its reading
+of the networks through the speed correction."""
 
 from __future__ import annotations
 
-import pytest
+import random
 
-from hwnas.measure import repeatability
+import pytest
+from conftest import fast_settings
+
+from hwnas.lut import LUT
+from hwnas.measure import reference_nets, repeatability
+from hwnas.space import load_space
 
 
 def test_repeatability_compares_even_with_odd_rounds() -> None:
@@ -30,3 +36,34 @@ def test_repeatability_with_an_odd_number_of_rounds_and_constant_halves() -> Non
     # every net the same in a half: no rank correlation to report (None, not NaN, in the JSON)
     r = repeatability([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     assert r is not None and r["spearman"] is None and r["mean_diff_pct"] == 0.0
+
+
+def test_fidelity_reads_the_networks_through_the_speed_correction(
+    tiny_lut: LUT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Networks that take exactly what the LUT predicts, measured while the machine runs 1.6x slower
+    for a stretch of every round: the report matches them (corrected), and its as-timed reading,
+    from the same rounds, keeps the episode."""
+    import hwnas.measure
+    from hwnas.profiling import runner
+
+    space = load_space("tiny")
+    rng = random.Random(7)
+    archs = [space.sample(rng) for _ in range(12)]
+    truth = [tiny_lut.predict(a).total_ms for a in archs] + [t for _, t in reference_nets(space, tiny_lut)]
+
+    def timed(jobs, rounds, timing, progress=None):  # runner.time_job_rows, without timing anything
+        rows = []
+        for rnd in range(rounds):
+            for k, i in enumerate(random.Random(rnd).sample(range(len(jobs)), len(jobs))):
+                slow = 1.6 if 8 <= k < 15 else 1.0  # every round, a stretch of seven models
+                rows.append({"name": jobs[i].name, "round": str(rnd), "median_ms": str(truth[i] * slow),
+                             "p10_ms": "0", "p90_ms": "0", "runs": "9"})  # fmt: skip
+        return rows
+
+    monkeypatch.setattr(runner, "time_job_rows", timed)
+    f = hwnas.measure.fidelity(space, tiny_lut, 12, 7, fast_settings(rounds=3))
+    r = f.summary()
+    assert r["mape_pct"] < 1e-6 and r["drift"] == pytest.approx(1.0)
+    assert r["repeatability"]["mean_diff_pct"] < 1e-6
+    assert r["as_timed"]["mape_pct"] > 5 and r["as_timed"]["repeatability"]["mean_diff_pct"] > 5

@@ -305,6 +305,8 @@ def test_speed_factors_leave_what_they_cannot_judge_alone() -> None:
     assert runner.speed_factors(["a", "b", "c"] * 3, [1.0, 2.0, 3.0] * 3) == [1.0] * 9  # too few job-rounds
     names = [f"j{i % 6}" for i in range(30)]
     assert runner.speed_factors(names, [float(i % 6 + 1) for i in range(30)]) == [1.0] * 30  # a steady machine
+    zero = [0.0 if i == 7 else float(i % 6 + 1) for i in range(30)]  # an imported 0: no speed to read from it
+    assert runner.speed_factors(names, zero) == [1.0] * 30
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_darts"])

@@ -392,7 +392,8 @@ def speed_correction() -> dict[str, Any]:
     return {
         "window": runner.SPEED_WINDOW,
         "method": "each round median divided by the machine's speed when it was timed: the median, over the "
-                  "window job-rounds either side and itself, of log(round median / the job's median of rounds)",
+                  "window job-rounds either side and itself, of log(round median / the job's usual time), "
+                  "alternated 5 times with the usual times; speeds scaled to a median of 1",
     }  # fmt: skip
 
 

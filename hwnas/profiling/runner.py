@@ -53,8 +53,9 @@ RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")  # ev
 OPTIONAL_FIELDS = ("kernels",)  # block rows from ONNX Runtime's profiler; absent in older files
 NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
 # Job-rounds either side of a job-round whose residuals estimate the machine's speed at it (see
-# speed_factors). On a VM that ran in episodes 1.5x slower, 5 halved the disagreement of a
-# validation's even and odd rounds on one data set and cut it 7x on another (3 and 8 did about as well).
+# speed_factors). On a VM that ran in episodes 1.5x slower, 5 cut the disagreement of a validation's
+# even and odd rounds from 4.0 to 2.4 % on one data set and from 21.5 to 1.9 % on another (3 and 8
+# did about as well in a simpler form of the correction).
 SPEED_WINDOW = 5
 
 
@@ -389,23 +390,34 @@ def time_jobs(
     jobs: list[Job], rounds: int, timing: TimingSettings, progress: Callable[[int, int, str], None] | None = None
 ) -> dict[str, list[float]]:
     """Time ``jobs`` in ``rounds`` rounds (:func:`run_jobs`, its journal in a temporary folder)
-    and return each job's per-round medians (ms), in round order: a one-off measurement that
-    need not survive a kill (a profile keeps its journal instead)."""
+    and return each job's per-round medians (ms, :func:`round_values`), in round order: a one-off
+    measurement that need not survive a kill (a profile keeps its journal instead)."""
+    return round_values(time_job_rows(jobs, rounds, timing, progress))
+
+
+def time_job_rows(
+    jobs: list[Job], rounds: int, timing: TimingSettings, progress: Callable[[int, int, str], None] | None = None
+) -> list[dict[str, str]]:
+    """:func:`time_jobs`'s measurement as the journal rows it wrote, in the order they ran."""
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results.csv"
         run_jobs(jobs, rounds, timing, results, progress)
-        return round_values(read_rows(results))
+        return read_rows(results)
 
 
 def speed_factors(names: list[str], values: list[float], window: int = SPEED_WINDOW) -> list[float]:
-    """How much slower (> 1) or faster (< 1) than usual the machine ran at each job-round.
+    """How much slower (> 1) or faster (< 1) than its median speed the machine ran at each job-round.
 
     ``names`` and ``values`` are the job-rounds in the order they ran (a job's name and its round
     median). A shared machine changes speed in episodes of seconds (1.5x slower, on this project's
-    VMs) that hit every model timed meanwhile alike; a job's usual time is the median over its
-    rounds, its residual ``log(value / usual)``, and the machine's speed at a job-round is the
-    median residual of the ``window`` job-rounds either side of it and itself. Three passes, each
-    re-estimating the usual times from the corrected values. All 1.0 when there is too little to
+    VMs) that hit every model timed meanwhile alike. The model is ``value = usual(job) * speed(time)``:
+    a job-round's residual is ``log(value / usual)``, and the speed at a job-round is the median
+    residual of the ``window`` job-rounds either side of it and itself (near the ends, as many
+    either side as there are on the shorter side). Five passes, alternating:
+    the usual times from the values corrected so far (the first pass takes each job's fastest
+    round, so that a job timed in slow episodes in most of its rounds still finds its usual time;
+    later passes the median), then the speeds. The speeds are last divided by their median: the
+    figures are the machine at its median speed over the run. All 1.0 when there is too little to
     compare: fewer than ``2 * window + 1`` job-rounds, or fewer than 3 jobs timed in 2 or more rounds.
     """
     n = len(values)
@@ -416,13 +428,17 @@ def speed_factors(names: list[str], values: list[float], window: int = SPEED_WIN
         return [1.0] * n
     vals = np.asarray(values, dtype=np.float64)
     factor = np.ones(n)
-    for _ in range(3):
+    for k in range(5):
         by: dict[str, list[float]] = defaultdict(list)
         for name, v in zip(names, vals / factor, strict=True):
             by[name].append(v)
-        usual = {k: float(np.median(v)) for k, v in by.items()}
-        res = np.log(vals / np.array([usual[k] for k in names]))
-        factor = np.exp([np.median(res[max(0, i - window) : i + window + 1]) for i in range(n)])
+        pick = np.min if k == 0 else np.median
+        usual = np.array([float(pick(by[name])) for name in names])
+        ok = (vals > 0) & (usual > 0)  # a reading of 0 (an imported file) says nothing about speed
+        res = np.log(np.where(ok, vals, 1.0) / np.where(ok, usual, 1.0))
+        half = [min(window, i, n - 1 - i) for i in range(n)]  # symmetric near the ends too
+        factor = np.exp([np.median(res[i - h : i + h + 1]) for i, h in enumerate(half)])
+    factor = factor / np.median(factor)
     return [float(f) for f in factor]
 
 
