@@ -32,6 +32,9 @@ out = Console(soft_wrap=True)  # long lines stay whole (paths, commands)
 # A profile whose whole-net model misses its own probe/calibration networks by more than this (mean
 # %) was measured on a busy machine: 1-2 % on a quiet 2-core VM, 13.9 % beside a running search.
 FIT_WARN_PCT = 5.0
+# validate-lut notes a machine this much (%) faster or slower than during the profile (the shared VMs
+# of this project drift 1-8 % within minutes, and 16 % between a profile and its validation once).
+DRIFT_NOTE_PCT = 5.0
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -645,6 +648,16 @@ def validate_lut(
             f"note: the measurements disagree with themselves by {rep['mean_diff_pct']:.1f} % on average (even vs "
             "odd rounds): errors of that order are this machine's noise, not the LUT's; measure on a quieter "
             "machine or with more --rounds",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+    drift = r.get("drift")
+    if drift and abs(drift - 1) * 100 >= DRIFT_NOTE_PCT:
+        err.print(
+            f"note: this machine runs {abs(drift - 1) * 100:.1f} % {'slower' if drift > 1 else 'faster'} now than "
+            "when the LUT was profiled (its probe networks, re-measured in the same rounds): the raw figures "
+            "include that, the drift-corrected ones leave it out; profile and validate in one quiet stretch",
             highlight=False,
             markup=False,
             soft_wrap=True,

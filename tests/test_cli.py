@@ -236,3 +236,34 @@ def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) ->
     res = run("profile", "--space", "tiny", "--target", target, "--out", out)
     assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.2, 0.85])
+def test_validate_lut_says_when_the_machine_runs_at_another_speed_than_the_profile(
+    speed: float, tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Networks that take what the LUT predicts, times ``speed``: the raw figures carry the
+    machine's drift, the drift-corrected ones do not, and from 5 % on a note says which is which."""
+    import random
+
+    from hwnas.lut import LUT
+    from hwnas.measure import reference_nets
+    from hwnas.profiling import runner
+    from hwnas.space import load_space
+
+    lut = LUT.load(tiny_lut_path)
+    space = load_space("tiny")
+    rng = random.Random(5)
+    truth = [lut.predict(space.sample(rng)).total_ms for _ in range(4)] + [t for _, t in reference_nets(space, lut)]
+
+    def timed(jobs, rounds, timing, progress=None):  # runner.time_job_rows, without timing anything
+        return [{"name": j.name, "round": str(rnd), "median_ms": str(truth[i] * speed), "p10_ms": "0", "p90_ms": "0",
+                 "runs": "9"} for rnd in range(rounds) for i, j in enumerate(jobs)]  # fmt: skip
+
+    monkeypatch.setattr(runner, "time_job_rows", timed)
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--seed", "5", "--rounds", "2")
+    assert res.exit_code == 0, res.output
+    noted = "than when the LUT was profiled" in res.output
+    assert noted == (speed != 1.0), res.output
+    if noted:
+        assert f"runs {abs(speed - 1) * 100:.1f} % {'slower' if speed > 1 else 'faster'}" in res.output
