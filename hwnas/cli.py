@@ -241,8 +241,8 @@ def profile(
     if (model.get("fit_mape_pct") or 0.0) > FIT_WARN_PCT:
         err.print(
             f"warning: the whole-net model misses the networks it was fitted on by {model['fit_mape_pct']:.1f} % on "
-            f"average (a quiet machine gives about 1-2 %): something else probably ran meanwhile; re-run the "
-            f"profile on a quiet machine, and check with `hwnas validate-lut --lut {path}`",
+            f"average (a quiet machine gives about 1-2 %): something else ran meanwhile, or the host of a shared VM "
+            f"was busy; re-run the profile on a quiet machine, and check with `hwnas validate-lut --lut {path}`",
             highlight=False,
             soft_wrap=True,
         )
