@@ -35,6 +35,9 @@ FIT_WARN_PCT = 5.0
 # validate-lut notes a machine this much (%) faster or slower than during the profile (the shared VMs
 # of this project drift 1-8 % within minutes, and 16 % between a profile and its validation once).
 DRIFT_NOTE_PCT = 5.0
+# hwnas profile warns when the machine's speed moved this much (%, 90th vs 10th percentile of its
+# job-rounds, runner.speed_spread) during the profile: a VM whose host was busy ran 1.5x slower in stretches.
+SPEED_WARN_PCT = 10.0
 err = Console(stderr=True)
 _state = {"debug": False}
 
@@ -238,6 +241,16 @@ def profile(
             else ""
         )
     )
+    speed = lut.meta.get("machine_speed")
+    if speed and speed["p90"] / speed["p10"] - 1 >= SPEED_WARN_PCT / 100:
+        err.print(
+            f"warning: the machine's speed moved by {(speed['p90'] / speed['p10'] - 1) * 100:.0f} % during the profile "
+            "(90th vs 10th percentile of its job-rounds): each reading was corrected for it, but the LUT's level is "
+            "this machine's median speed over the run; profile on a quiet machine for figures to trust",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
     if (model.get("fit_mape_pct") or 0.0) > FIT_WARN_PCT:
         err.print(
             f"warning: the whole-net model misses the networks it was fitted on by {model['fit_mape_pct']:.1f} % on "

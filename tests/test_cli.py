@@ -125,6 +125,23 @@ def test_profile_warns_when_its_model_misses_its_own_networks(
     assert (f"by {fit:.1f} %" in res.output) is warned
 
 
+@pytest.mark.parametrize("limit, warned", [(-1.0, True), (1e9, False)])
+def test_profile_warns_when_the_machine_changed_speed(
+    limit: float, warned: bool, tmp_path: Path, fast_target: Path, monkeypatch
+) -> None:
+    """The speed the machine ran at over the profile is in the metadata; past the limit the
+    user is told that the LUT's level is that machine's median speed."""
+    import hwnas.cli
+
+    monkeypatch.setattr(hwnas.cli, "SPEED_WARN_PCT", limit)
+    out = tmp_path / "t.csv"
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--rounds", "2", "--out", out)
+    assert res.exit_code == 0 and out.exists(), res.output
+    speed = json.loads(meta_path(out).read_text())["machine_speed"]
+    assert 0 < speed["p10"] <= 1 <= speed["p90"] and speed["job_rounds"] > 11
+    assert ("warning: the machine's speed moved by" in res.output) is warned
+
+
 def test_spaces_and_ops_list() -> None:
     res = run("spaces")
     assert res.exit_code == 0 and "proxyless" in res.output and "darts" in res.output

@@ -336,3 +336,6 @@ def test_a_slow_episode_in_the_profile_does_not_reach_the_lut(space: str) -> Non
         assert lut.latency[k] == pytest.approx(clean.latency[k], rel=1e-6)
     assert lut.meta["model"]["scale"] == pytest.approx(clean.meta["model"]["scale"], rel=1e-6)
     assert max(abs(n["error_pct"]) for n in lut.meta["model"]["nets"]) < 0.1
+    assert clean.meta["machine_speed"]["p10"] == clean.meta["machine_speed"]["p90"] == 1.0
+    spread = lut.meta["machine_speed"]  # the episodes are recorded, as the machine's own
+    assert spread["p10"] == pytest.approx(1.0) and spread["p90"] == pytest.approx(1.5)

@@ -273,6 +273,7 @@ def assemble(
         "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
         "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.effective_timing),
         "unit": "ms", "keys": len(table),
+        "machine_speed": runner.speed_spread(rows),  # how far the machine's speed moved (corrected for)
         "model": {
             "method": "context",
             "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",

@@ -421,10 +421,7 @@ def speed_factors(names: list[str], values: list[float], window: int = SPEED_WIN
     compare: fewer than ``2 * window + 1`` job-rounds, or fewer than 3 jobs timed in 2 or more rounds.
     """
     n = len(values)
-    counts: dict[str, int] = defaultdict(int)
-    for name in names:
-        counts[name] += 1
-    if n < 2 * window + 1 or sum(c >= 2 for c in counts.values()) < 3:
+    if not _judgeable(names, window):
         return [1.0] * n
     vals = np.asarray(values, dtype=np.float64)
     factor = np.ones(n)
@@ -440,6 +437,27 @@ def speed_factors(names: list[str], values: list[float], window: int = SPEED_WIN
         factor = np.exp([np.median(res[i - h : i + h + 1]) for i, h in enumerate(half)])
     factor = factor / np.median(factor)
     return [float(f) for f in factor]
+
+
+def _judgeable(names: list[str], window: int) -> bool:
+    """Enough job-rounds (``2 * window + 1``) of enough jobs (3 timed in 2 or more rounds) to
+    judge the machine's speed from them."""
+    counts: dict[str, int] = defaultdict(int)
+    for name in names:
+        counts[name] += 1
+    return len(names) >= 2 * window + 1 and sum(c >= 2 for c in counts.values()) >= 3
+
+
+def speed_spread(rows: list[dict[str, str]]) -> dict[str, float] | None:
+    """How much the machine's speed changed over the job rows of a journal (:func:`speed_factors`):
+    the 10th and 90th percentile of its speed factors (the median is 1; above 1, slower), and the
+    job-rounds judged; None when there was too little to judge (as for :func:`speed_factors`)."""
+    jobs = [r for r in rows if "#" not in r["name"]]
+    names = [r["name"] for r in jobs]
+    if not _judgeable(names, SPEED_WINDOW):
+        return None
+    lo, hi = np.percentile(speed_factors(names, [float(r["median_ms"]) for r in jobs]), [10, 90])
+    return {"p10": float(lo), "p90": float(hi), "job_rounds": len(names)}
 
 
 def round_values(rows: list[dict[str, str]], steady: bool = True) -> dict[str, list[float]]:
