@@ -64,6 +64,8 @@ def test_metadata_records_provenance(tiny_lut: LUT) -> None:
     assert m["versions"]["onnxruntime"] and m["versions"]["torch"]
     assert m["settings"]["onnxruntime"]["intra_op_spinning"] is False
     assert m["model"]["method"] == "context" and len(m["model"]["nets"]) >= 3
+    assert m["settings"]["speed_correction"]["window"] >= 1
+    assert m["machine_speed"] is None  # one round: nothing to judge the machine's speed by
 
 
 def test_prediction_is_the_documented_formula(tiny_lut: LUT) -> None:
