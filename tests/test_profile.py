@@ -181,6 +181,18 @@ def test_cuda_profile_uses_events(tmp_path: Path) -> None:
     assert (lut.table["latency_ms"] > 0).all()
 
 
+def _synthetic_space(space: str, seed: int) -> tuple:
+    """A space's profile plan (8 calibration networks) with made-up true block times (5-50 µs)
+    and kernel counts (1-6) per key: ``(space, settings, work, keys, true_ms, kernels)``."""
+    sp = load_space(space)
+    s = fast_settings(calib_nets=8)
+    rng = random.Random(seed)
+    keys = sorted({c.key for c in sp.calls() if c.priced})
+    true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
+    kernels = {k: rng.randint(1, 6) for k in keys}
+    return sp, s, plan_work(sp, s), keys, true_ms, kernels
+
+
 def _journal(work, true_ms: dict[str, float], kernels: dict[str, int], kernel_ms: float, with_counts: bool) -> list:
     """Journal rows of a profile whose node profiler adds ``kernel_ms`` to every kernel it times,
     of networks that run as ``sum(true_ms) + 0.05`` ms."""
@@ -215,13 +227,7 @@ def test_the_lut_removes_what_the_node_profiler_adds_per_kernel(space: str) -> N
     them, and without kernel counts (torch) it keeps the plain model."""
     from hwnas.profiling.profile import assemble, space_meta
 
-    sp = load_space(space)
-    s = fast_settings(calib_nets=8)
-    work = plan_work(sp, s)
-    rng = random.Random(3)
-    keys = sorted({c.key for c in sp.calls() if c.priced})
-    true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
-    kernels = {k: rng.randint(1, 6) for k in keys}
+    sp, s, work, keys, true_ms, kernels = _synthetic_space(space, 3)
     lut = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.002, True), {})
     model = lut.meta["model"]
     assert model["kernel_ms"] == pytest.approx(0.002, rel=1e-3)
@@ -315,13 +321,7 @@ def test_a_slow_episode_in_the_profile_does_not_reach_the_lut(space: str) -> Non
     its rounds; the LUT (its blocks' times, its whole-net model) is the one of a steady machine."""
     from hwnas.profiling.profile import assemble, space_meta
 
-    sp = load_space(space)
-    s = fast_settings(calib_nets=8)
-    work = plan_work(sp, s)
-    rng = random.Random(5)
-    keys = sorted({c.key for c in sp.calls() if c.priced})
-    true_ms = {k: rng.uniform(0.005, 0.05) for k in keys}
-    kernels = {k: rng.randint(1, 6) for k in keys}
+    sp, s, work, keys, true_ms, kernels = _synthetic_space(space, 5)
     rows = _journal(work, true_ms, kernels, 0.002, True)
     victim = "net:calib-3"
     steady = _in_rounds(rows, 3, lambda pos, name: 1.0)

@@ -21,9 +21,9 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
 All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
 shuffled order per round) and each figure is the median of its round medians, each divided first
 by the machine's speed when it was timed (:func:`hwnas.profiling.runner.speed_factors`: a shared
-machine runs in episodes of seconds 1.5x slower, which hit every model timed meanwhile alike). Results go to a
-journal in ``<out>.work/`` as they come, so an interrupted profile resumes where it stopped; the
-LUT is written only when complete, atomically.
+machine runs in episodes of seconds 1.5x slower, which hit every model timed meanwhile alike).
+Results go to a journal in ``<out>.work/`` as they come, so an interrupted profile resumes where
+it stopped; the LUT is written only when complete, atomically.
 """
 
 from __future__ import annotations
