@@ -54,6 +54,11 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Reading(str, enum.Enum):  # hwnas.profiling.runner.READINGS
+    p10 = "p10"
+    median = "median"
+
+
 def user_errors(fn: F) -> F:
     """Print a user error as one line on stderr and exit non-zero; bugs keep their traceback."""
 
@@ -139,7 +144,12 @@ ThreadsOpt = Annotated[
 BatchOpt = Annotated[int | None, typer.Option("--batch", min=1, max=4096, help="Batch size timed.")]
 RoundsOpt = Annotated[
     int | None,
-    typer.Option("--rounds", min=1, max=50, help="Time-separated rounds; figures are medians of round medians."),
+    typer.Option(
+        "--rounds",
+        min=1,
+        max=50,
+        help="Time-separated rounds; a figure is the median over rounds of each round's reading.",
+    ),
 ]
 
 
@@ -152,6 +162,13 @@ def profile(
     threads: ThreadsOpt = None,
     batch: BatchOpt = None,
     rounds: RoundsOpt = None,
+    reading: Annotated[
+        Reading | None,
+        typer.Option(
+            help="A round's reading of a model: the 10th percentile of its runs (default; a shared machine's slow "
+            "stretches within a round leave it alone) or their median (a dedicated board)."
+        ),
+    ] = None,
     calib_nets: Annotated[
         int | None,
         typer.Option(
@@ -203,7 +220,7 @@ def profile(
     settings: dict[str, Any] = load_target(target) if target else {}
     given = {"device": device.value if device else None, "backend": backend.value if backend else None,
              "threads": threads, "batch": batch, "rounds": rounds, "calib_nets": calib_nets,
-             "spinning": spinning}  # fmt: skip
+             "spinning": spinning, "reading": reading.value if reading else None}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     settings["timing"] = TimingSettings(**settings.get("timing", {}))
     s = ProfileSettings(**settings)
@@ -294,7 +311,7 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     from dataclasses import fields
 
     from hwnas.checks import is_int, is_number
-    from hwnas.profiling.runner import TimingSettings
+    from hwnas.profiling.runner import DEFAULT_READING, READINGS, TimingSettings
 
     def bad(key: str, value: Any, want: str) -> UsageError:
         return UsageError(f"--target {path}: {key} must be {want}, got {value!r}")
@@ -302,9 +319,11 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     for key, lo in (("threads", 1), ("batch", 1), ("rounds", 1), ("calib_nets", 0), ("seed", 0)):
         if key in raw and not is_int(raw[key], lo):
             raise bad(key, raw[key], f"an integer >= {lo}")
-    for key in ("backend", "device"):
+    for key in ("backend", "device", "reading"):
         if key in raw and not isinstance(raw[key], str):
             raise bad(key, raw[key], "a string")
+    if raw.get("reading", DEFAULT_READING) not in READINGS:
+        raise bad("reading", raw["reading"], f"one of {', '.join(READINGS)}")
     if "spinning" in raw and not isinstance(raw["spinning"], bool):
         raise bad("spinning", raw["spinning"], "true or false")
     timing = raw.get("timing", {})
@@ -461,7 +480,9 @@ def measure(
     if as_json:
         out.print_json(json.dumps(res))
         return
-    line = f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch})"
+    line = (
+        f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
+    )
     if pred is not None:
         line += f"; predicted {pred:.3f} ms ({(pred / ms - 1) * 100:+.1f}%)"
     out.print(line)

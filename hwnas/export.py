@@ -441,7 +441,7 @@ def time_exported(
     """End-to-end latency (ms) of the ONNX ``model`` with ONNX Runtime and of ``net`` in torch eager.
 
     Both on ``s``'s device, threads and batch, with its timing discipline, in the same rounds
-    (median of round medians): the ONNX job is the one :func:`hwnas.measure.measure_onnx` times,
+    (median over rounds of each round's reading, ``s.reading``): the ONNX job is the one :func:`hwnas.measure.measure_onnx` times,
     the torch job the one the torch backend times (``TorchTimed``, malloc tuned, threads set;
     the previous torch thread count is restored afterwards).
     """
@@ -460,7 +460,9 @@ def time_exported(
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        by = runner.time_jobs(jobs, s.rounds, replace(s, backend="onnxruntime").effective_timing, progress)
+        by = runner.time_jobs(
+            jobs, s.rounds, replace(s, backend="onnxruntime").effective_timing, progress, reading=s.reading
+        )
         med = {name: statistics.median(v) for name, v in by.items()}
     finally:
         torch.set_num_threads(threads)

@@ -7,9 +7,11 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
     the op call (the key is the only field read back; the others are for people and pandas)
 ``latency_ms``
     the block's time *inside a network* on the target (median over the probe networks that
-    contain it) — what prediction sums
+    contain it and over rounds of each round's reading, ``meta["reading"]``: the 10th
+    percentile of the round's runs, or their median) — what prediction sums
 ``isolated_ms, isolated_p10_ms, isolated_p90_ms``
-    the block timed alone in a loop (median and spread over rounds), for reference
+    the block timed alone in a loop (its reading as above; the median over rounds of each
+    round's 10th and 90th percentile), for reference
 ``context_n``
     how many (network, position) samples ``latency_ms`` is the median of
 

@@ -45,6 +45,7 @@ def settings_from_lut(lut: LUT, **override: Any) -> ProfileSettings:
     base = {
         "backend": m["backend"], "device": m["device_kind"], "threads": int(m["threads"]),
         "batch": int(m["batch"]), "rounds": int(m.get("rounds", 3)),
+        "reading": m.get("reading", "median"),  # LUTs from before the reading was recorded took medians
         "timing": TimingSettings(**m.get("timing", {})),
         "spinning": m.get("settings", {}).get("onnxruntime", {}).get("intra_op_spinning"),
     }  # fmt: skip
@@ -72,14 +73,16 @@ def device_note(lut: LUT, s: ProfileSettings) -> str | None:
 
 
 def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[float]:
-    """Median-of-round-medians end-to-end latency (ms) of each arch on the target of ``s``."""
+    """End-to-end latency (ms) of each arch on the target of ``s``: the median over rounds of
+    each round's reading (``s.reading``)."""
     return [float(np.median(r)) for r in measure_rounds(archs, s, progress)]
 
 
 def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[list[float]]:
-    """Each arch's per-round median end-to-end latency (ms), rounds in order, on the target of ``s``.
+    """Each arch's per-round end-to-end latency reading (ms, ``s.reading``), rounds in order, on the
+    target of ``s``.
 
-    Each round median is divided by the machine's speed when it was timed, as a profile's are
+    Each round's reading is divided by the machine's speed when it was timed, as a profile's are
     (:func:`hwnas.profiling.runner.speed_factors`; with fewer than 3 archs there is nothing to
     compare with, and the readings are as timed).
     """
@@ -94,14 +97,15 @@ def measure_rounds_both(
     _, load_net = loaders(s)
     jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
     rows = runner.time_job_rows(jobs, s.rounds, s.effective_timing, progress)
-    steady, timed = runner.round_values(rows), runner.round_values(rows, steady=False)
+    steady = runner.round_values(rows, reading=s.reading)
+    timed = runner.round_values(rows, steady=False, reading=s.reading)
     return [steady[f"arch{i}"] for i in range(len(archs))], [timed[f"arch{i}"] for i in range(len(archs))]
 
 
 def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     """How well the measurement agrees with itself: each net's rounds split into two halves (even
     and odd rounds; with an odd count the even half has one more), each half summarised like the
-    whole (median of its round medians), the halves compared.
+    whole (median of its rounds), the halves compared.
 
     ``mean_diff_pct`` / ``max_diff_pct``: mean / max of ``|a / b - 1|`` (%); ``spearman``: the
     halves' rank correlation (None for fewer than 3 nets or a constant half). Each half has half
@@ -121,12 +125,14 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
 
 
 def measure_onnx(path: Path, s: ProfileSettings, progress: Progress | None = None) -> float:
-    """End-to-end latency (ms) of an ONNX file with ONNX Runtime under the settings ``s``."""
+    """End-to-end latency (ms) of an ONNX file with ONNX Runtime under the settings ``s`` (the
+    median over rounds of each round's reading, ``s.reading``)."""
     if s.backend != "onnxruntime":
         raise HwnasError(f"{path}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
     check_target(s)
     job = Job("model", "op", lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning))
-    return float(np.median(runner.time_jobs([job], s.rounds, s.effective_timing, progress)["model"]))
+    by = runner.time_jobs([job], s.rounds, s.effective_timing, progress, reading=s.reading)
+    return float(np.median(by["model"]))
 
 
 def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:

@@ -97,6 +97,18 @@ def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, mo
     assert res.exit_code == 0 and "disagree with themselves" not in res.output, res.output
 
 
+@pytest.mark.parametrize("reading", ["p10", "median"])
+def test_profile_reading_reaches_the_lut_and_its_measurements(
+    reading: str, samples: Path, tmp_path: Path, fast_target: Path
+) -> None:
+    out = tmp_path / "t.csv"
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--reading", reading, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert json.loads(meta_path(out).read_text())["reading"] == reading
+    res = run("measure", samples / "arch_000.json", "--lut", out, "--rounds", "1")
+    assert res.exit_code == 0 and f"{reading} of runs" in res.output, res.output
+
+
 def test_profile_command_and_force(tmp_path: Path, fast_target: Path) -> None:
     out = tmp_path / "t.csv"
     res = run("profile", "--space", "tiny", "--target", fast_target, "--out", out)
@@ -235,6 +247,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         ("unknown field", "unknown field(s) speed"),
         ("bool threads", "threads must be an integer >= 1, got True"),
         ("fractional runs", "timing.min_runs must be a whole number >= 0, got 2.5"),
+        ("unknown reading", "reading must be one of p10, median, got 'mean'"),
+        ("number reading", "reading must be a string, got 10"),
     ],
 )
 def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) -> None:
@@ -249,6 +263,10 @@ def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) ->
         target.write_text("threads = true\n")
     elif kind == "fractional runs":
         target.write_text("[timing]\nmin_runs = 2.5\n")
+    elif kind == "unknown reading":
+        target.write_text('reading = "mean"\n')
+    elif kind == "number reading":
+        target.write_text("reading = 10\n")
     out = tmp_path / "lut.csv"
     res = run("profile", "--space", "tiny", "--target", target, "--out", out)
     assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
@@ -274,7 +292,7 @@ def test_validate_lut_says_when_the_machine_runs_at_another_speed_than_the_profi
     truth = [lut.predict(space.sample(rng)).total_ms for _ in range(4)] + [t for _, t in reference_nets(space, lut)]
 
     def timed(jobs, rounds, timing, progress=None):  # runner.time_job_rows, without timing anything
-        return [{"name": j.name, "round": str(rnd), "median_ms": str(truth[i] * speed), "p10_ms": "0", "p90_ms": "0",
+        return [{"name": j.name, "round": str(rnd), **dict.fromkeys(("median_ms", "p10_ms", "p90_ms"), str(truth[i] * speed)),
                  "runs": "9"} for rnd in range(rounds) for i, j in enumerate(jobs)]  # fmt: skip
 
     monkeypatch.setattr(runner, "time_job_rows", timed)

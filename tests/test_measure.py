@@ -9,7 +9,7 @@ import pytest
 from conftest import fast_settings
 
 from hwnas.lut import LUT
-from hwnas.measure import reference_nets, repeatability
+from hwnas.measure import reference_nets, repeatability, settings_from_lut
 from hwnas.space import load_space
 
 
@@ -57,8 +57,9 @@ def test_fidelity_reads_the_networks_through_the_speed_correction(
         for rnd in range(rounds):
             for k, i in enumerate(random.Random(rnd).sample(range(len(jobs)), len(jobs))):
                 slow = 1.6 if 8 <= k < 15 else 1.0  # every round, a stretch of seven models
-                rows.append({"name": jobs[i].name, "round": str(rnd), "median_ms": str(truth[i] * slow),
-                             "p10_ms": "0", "p90_ms": "0", "runs": "9"})  # fmt: skip
+                ms = str(truth[i] * slow)  # the whole round slow: median and 10th percentile alike
+                rows.append({"name": jobs[i].name, "round": str(rnd), "median_ms": ms, "p10_ms": ms, "p90_ms": ms,
+                             "runs": "9"})  # fmt: skip
         return rows
 
     monkeypatch.setattr(runner, "time_job_rows", timed)
@@ -67,3 +68,14 @@ def test_fidelity_reads_the_networks_through_the_speed_correction(
     assert r["mape_pct"] < 1e-6 and r["drift"] == pytest.approx(1.0)
     assert r["repeatability"]["mean_diff_pct"] < 1e-6
     assert r["as_timed"]["mape_pct"] > 5 and r["as_timed"]["repeatability"]["mean_diff_pct"] > 5
+
+
+def test_a_measurement_takes_the_luts_reading(tiny_lut: LUT) -> None:
+    """Measured and predicted figures are one statistic of the runs: ``hwnas measure`` and
+    ``validate-lut`` read rounds as the LUT did; a LUT from before the reading was recorded was
+    read at the median."""
+    assert tiny_lut.meta["reading"] == "p10" and settings_from_lut(tiny_lut).reading == "p10"
+    tiny_lut.meta["reading"] = "median"
+    assert settings_from_lut(tiny_lut).reading == "median"
+    del tiny_lut.meta["reading"]
+    assert settings_from_lut(tiny_lut).reading == "median"

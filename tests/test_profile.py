@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -270,9 +271,13 @@ def test_a_journal_written_before_kernel_counts_keeps_its_columns(tmp_path: Path
     assert [r["name"] for r in read_rows(results)] == ["j0", "j1#0", "j1"]
 
 
+STATS = ("median_ms", "p10_ms", "p90_ms")
+
+
 def _in_rounds(rows: list[dict[str, str]], rounds: int, slow: Callable[[int, str], float]) -> list[dict[str, str]]:
     """One round's journal rows as ``rounds`` rounds, each in its own shuffled order, every job's
-    batch (its block rows, then its own row) multiplied by ``slow(position it ran at, job name)``."""
+    batch (its block rows, then its own row) multiplied by ``slow(position it ran at, job name)``
+    (the whole round slow: its median and its 10th and 90th percentile alike)."""
     batches: list[list[dict[str, str]]] = [[]]
     for r in rows:
         batches[-1].append(r)
@@ -284,7 +289,7 @@ def _in_rounds(rows: list[dict[str, str]], rounds: int, slow: Callable[[int, str
         random.Random(rnd).shuffle(order)
         for batch in order:
             f = slow(pos, batch[-1]["name"])
-            out += [{**r, "round": str(rnd), "median_ms": str(float(r["median_ms"]) * f)} for r in batch]
+            out += [{**r, "round": str(rnd), **{k: str(float(r[k]) * f) for k in STATS}} for r in batch]
             pos += 1
     return out
 
@@ -294,7 +299,7 @@ def test_speed_factors_undo_an_episode_of_a_slower_machine() -> None:
     high. The factors find the episode from the models' own other rounds, and the corrected
     round values are the machine's usual times; without correction they keep the episode."""
     true = {f"j{i}": 0.1 * (i + 1) for i in range(8)}
-    rows = [{"name": n, "round": "0", "median_ms": str(t), "p10_ms": "0", "p90_ms": "0", "runs": "9"}
+    rows = [{"name": n, "round": "0", "median_ms": str(t), "p10_ms": str(t), "p90_ms": str(t), "runs": "9"}
             for n, t in true.items()]  # fmt: skip
     journal = _in_rounds(rows, 5, lambda pos, name: 1.5 if 12 <= pos < 24 else 1.0)
     steady = runner.round_values(journal)
@@ -313,6 +318,32 @@ def test_speed_factors_leave_what_they_cannot_judge_alone() -> None:
     assert runner.speed_factors(names, [float(i % 6 + 1) for i in range(30)]) == [1.0] * 30  # a steady machine
     zero = [0.0 if i == 7 else float(i % 6 + 1) for i in range(30)]  # an imported 0: no speed to read from it
     assert runner.speed_factors(names, zero) == [1.0] * 30
+
+
+def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None:
+    """A network whose rounds each ran half in a slow stretch: their medians read 1.5x high, their
+    10th percentiles the machine's own speed. A LUT read at p10 (the default) is the steady
+    machine's; one read at the median carries the stretch (what ``--reading median`` trades)."""
+    from hwnas.profiling.profile import assemble, space_meta
+
+    sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
+    steady = _in_rounds(_journal(work, true_ms, kernels, 0.002, True), 3, lambda pos, name: 1.0)
+    victim = "net:calib-3"
+    half_slow = [
+        {**r, "median_ms": str(1.5 * float(r["median_ms"]))} if r["name"].split("#")[0] == victim else r for r in steady
+    ]
+    assert s.reading == "p10"
+    clean = assemble(space_meta(sp), s, work, steady, {})
+    lut = assemble(space_meta(sp), s, work, half_slow, {})
+    assert lut.meta["reading"] == "p10" and lut.meta["reading_field"] == "p10_ms"
+    for k in keys:
+        assert lut.latency[k] == pytest.approx(clean.latency[k], rel=1e-6)
+    assert lut.meta["model"]["scale"] == pytest.approx(clean.meta["model"]["scale"], rel=1e-6)
+    by_median = assemble(space_meta(sp), replace(s, reading="median"), work, half_slow, {})
+    measured = {n["name"]: n["measured_ms"] for n in by_median.meta["model"]["nets"]}
+    truth = {n["name"]: n["measured_ms"] for n in clean.meta["model"]["nets"]}
+    assert measured["calib-3"] == pytest.approx(1.5 * truth["calib-3"], rel=1e-6)
+    assert by_median.meta["reading"] == "median"
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_darts"])

@@ -19,9 +19,12 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
    applies. Without kernel counts (torch, older journals) ``kernel_ms`` is 0.
 
 All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
-shuffled order per round) and each figure is the median of its round medians, each divided first
-by the machine's speed when it was timed (:func:`hwnas.profiling.runner.speed_factors`: a shared
-machine runs in episodes of seconds 1.5x slower, which hit every model timed meanwhile alike).
+shuffled order per round). A round's *reading* of a model is the 10th percentile of its runs
+(``ProfileSettings.reading``; ``median`` for a dedicated board): a shared machine also slows down
+for part of a round, which moves a round's median but not its fast tail. Each figure is the
+median over rounds of the readings, each divided first by the machine's speed when it was timed
+(:func:`hwnas.profiling.runner.speed_factors`: a shared machine runs in episodes of seconds 1.5x
+slower, which hit every model timed meanwhile alike).
 Results go to a journal in ``<out>.work/`` as they come, so an interrupted profile resumes where
 it stopped; the LUT is written only when complete, atomically.
 """
@@ -71,7 +74,8 @@ class ProfileSettings:
     device: str = "cpu"  # cpu | cuda (ONNX Runtime's CUDA provider, or torch on CUDA)
     threads: int = 1  # intra-op threads, fixed for the whole profile
     batch: int = 1
-    rounds: int = 3  # time-separated rounds; figures are medians of round medians
+    rounds: int = 3  # time-separated rounds; a figure is the median over rounds of each round's reading
+    reading: str = runner.DEFAULT_READING  # the statistic of a round's runs that is its reading (runner.READINGS)
     calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
     seed: int = 0  # picks the calibration networks
     timing: TimingSettings = field(default_factory=TimingSettings)
@@ -84,6 +88,8 @@ class ProfileSettings:
             raise HwnasError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
         if self.threads < 1 or self.batch < 1 or self.rounds < 1 or self.calib_nets < 0:
             raise HwnasError("threads, batch and rounds must be >= 1 and calib-nets >= 0")
+        if self.reading not in runner.READINGS:
+            raise HwnasError(f"unknown reading {self.reading!r}; expected one of {', '.join(runner.READINGS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -214,8 +220,9 @@ def assemble(
     rows: list[dict[str, str]],
     extra: dict[str, Any],
 ) -> LUT:
-    """Turn journal rows into a LUT: in-network medians per key and the fitted whole-net model."""
-    med = round_medians(rows)
+    """Turn journal rows into a LUT: in-network figures per key (medians over networks, positions and
+    rounds of each round's reading) and the fitted whole-net model."""
+    med = round_medians(rows, reading=s.reading)
     by_round: dict[str, list[dict[str, str]]] = defaultdict(list)
     for r in rows:
         by_round[r["name"]].append(r)
@@ -272,8 +279,9 @@ def assemble(
         **space_meta,
         "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
         "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.effective_timing),
+        "reading": s.reading, "reading_field": runner.READINGS[s.reading],
         "unit": "ms", "keys": len(table),
-        "machine_speed": runner.speed_spread(rows),  # how far the machine's speed moved (corrected for)
+        "machine_speed": runner.speed_spread(rows, s.reading),  # how far the machine's speed moved (corrected for)
         "model": {
             "method": "context",
             "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",
@@ -392,8 +400,8 @@ def speed_correction() -> dict[str, Any]:
     """How the figures were corrected for the machine's changing speed (recorded in the metadata)."""
     return {
         "window": runner.SPEED_WINDOW,
-        "method": "each round median divided by the machine's speed when it was timed: the median, over the "
-                  "window job-rounds either side and itself, of log(round median / the job's usual time), "
+        "method": "each round's reading divided by the machine's speed when it was timed: the median, over "
+                  "the window job-rounds either side and itself, of log(reading / the job's usual time), "
                   "alternated 5 times with the usual times; speeds scaled to a median of 1",
     }  # fmt: skip
 

@@ -23,7 +23,8 @@ Timing discipline (all times in milliseconds):
 Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs[, kernels]`` appended durably to a
 CSV (``kernels``: for a block inside a network, how many kernels ONNX Runtime ran for it), in the
 order they ran; a killed run resumes where it stopped (finished rows are never redone). Reading
-them, each round median is divided by the machine's speed when it was timed (``speed_factors``).
+them, a round's *reading* is one statistic of its runs (``READINGS``: the 10th percentile by
+default), divided by the machine's speed when it was timed (``speed_factors``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,15 @@ NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
 # even and odd rounds from 4.0 to 2.4 % on one data set and from 21.5 to 1.9 % on another (3 and 8
 # did about as well in a simpler form of the correction).
 SPEED_WINDOW = 5
+# Which statistic of a round's runs is its reading (a journal row's field). A shared VM also slows
+# down for parts of a round: the median of a round half in a slow stretch reads the slow speed,
+# its 10th percentile still the machine's own. On a VM running in 1.5x slower stretches of 0.2-20 s,
+# p10 instead of the median cut the disagreement of a validation's even and odd rounds from 3.0 to
+# 1.7 % (DARTS @ 32) and the drift-corrected error of two DARTS LUTs from 3.0 / 5.2 to 2.0 / 3.4 %
+# MAPE (Spearman 0.95 -> 0.97); on ProxylessNAS @ 224 2.2 / 2.7 to 1.8 / 2.1 %. On a quiet
+# machine the two differ by about the spread of one model's runs, which the whole-net fit absorbs.
+READINGS = {"p10": "p10_ms", "median": "median_ms"}
+DEFAULT_READING = "p10"
 
 
 @dataclass(frozen=True)
@@ -387,12 +397,16 @@ def run_jobs(
 
 
 def time_jobs(
-    jobs: list[Job], rounds: int, timing: TimingSettings, progress: Callable[[int, int, str], None] | None = None
+    jobs: list[Job],
+    rounds: int,
+    timing: TimingSettings,
+    progress: Callable[[int, int, str], None] | None = None,
+    reading: str = DEFAULT_READING,
 ) -> dict[str, list[float]]:
     """Time ``jobs`` in ``rounds`` rounds (:func:`run_jobs`, its journal in a temporary folder)
-    and return each job's per-round medians (ms, :func:`round_values`), in round order: a one-off
+    and return each job's per-round readings (ms, :func:`round_values`), in round order: a one-off
     measurement that need not survive a kill (a profile keeps its journal instead)."""
-    return round_values(time_job_rows(jobs, rounds, timing, progress))
+    return round_values(time_job_rows(jobs, rounds, timing, progress), reading=reading)
 
 
 def time_job_rows(
@@ -408,8 +422,8 @@ def time_job_rows(
 def speed_factors(names: list[str], values: list[float], window: int = SPEED_WINDOW) -> list[float]:
     """How much slower (> 1) or faster (< 1) than its median speed the machine ran at each job-round.
 
-    ``names`` and ``values`` are the job-rounds in the order they ran (a job's name and its round
-    median). A shared machine changes speed in episodes of seconds (1.5x slower, on this project's
+    ``names`` and ``values`` are the job-rounds in the order they ran (a job's name and its round's
+    reading, ms). A shared machine changes speed in episodes of seconds (1.5x slower, on this project's
     VMs) that hit every model timed meanwhile alike. The model is ``value = usual(job) * speed(time)``:
     a job-round's residual is ``log(value / usual)``, and the speed at a job-round is the median
     residual of the ``window`` job-rounds either side of it and itself (near the ends, as many
@@ -448,42 +462,53 @@ def _judgeable(names: list[str], window: int) -> bool:
     return len(names) >= 2 * window + 1 and sum(c >= 2 for c in counts.values()) >= 3
 
 
-def speed_spread(rows: list[dict[str, str]]) -> dict[str, float] | None:
-    """How much the machine's speed changed over the job rows of a journal (:func:`speed_factors`):
-    the 10th and 90th percentile of its speed factors (the median is 1; above 1, slower), and the
-    job-rounds judged; None when there was too little to judge (as for :func:`speed_factors`)."""
+def _field(reading: str) -> str:
+    """The journal field that holds ``reading`` (a key of ``READINGS``)."""
+    if reading not in READINGS:
+        raise ValueError(f"unknown reading {reading!r}; expected one of {', '.join(READINGS)}")
+    return READINGS[reading]
+
+
+def speed_spread(rows: list[dict[str, str]], reading: str = DEFAULT_READING) -> dict[str, float] | None:
+    """How much the machine's speed changed over the job rows of a journal (:func:`speed_factors`
+    of their ``reading``): the 10th and 90th percentile of its speed factors (the median is 1;
+    above 1, slower), and the job-rounds judged; None when there was too little to judge (as for
+    :func:`speed_factors`)."""
+    field = _field(reading)
     jobs = [r for r in rows if "#" not in r["name"]]
     names = [r["name"] for r in jobs]
     if not _judgeable(names, SPEED_WINDOW):
         return None
-    lo, hi = np.percentile(speed_factors(names, [float(r["median_ms"]) for r in jobs]), [10, 90])
+    lo, hi = np.percentile(speed_factors(names, [float(r[field]) for r in jobs]), [10, 90])
     return {"p10": float(lo), "p90": float(hi), "job_rounds": len(names)}
 
 
-def round_values(rows: list[dict[str, str]], steady: bool = True) -> dict[str, list[float]]:
-    """Each name's per-round medians (ms), in round order.
+def round_values(
+    rows: list[dict[str, str]], steady: bool = True, reading: str = DEFAULT_READING
+) -> dict[str, list[float]]:
+    """Each name's per-round readings (ms), in round order.
 
-    With ``steady`` (the default) each is divided by the machine's speed when it was timed
-    (:func:`speed_factors` over the job rows in file order, which is the order they ran; a block
-    row takes its job's factor), so an episode of a slower machine does not count as the model's
-    own time. ``steady=False``: the readings as timed.
+    A round's reading is the statistic ``reading`` of its runs (``READINGS``: ``p10``, the
+    default, or ``median``). With ``steady`` (the default) each is divided by the machine's speed
+    when it was timed (:func:`speed_factors` over the job rows in file order, which is the order
+    they ran; a block row takes its job's factor), so an episode of a slower machine does not
+    count as the model's own time. ``steady=False``: the readings as timed.
     """
+    field = _field(reading)
     jobs = [r for r in rows if "#" not in r["name"]]
-    factors = (
-        speed_factors([r["name"] for r in jobs], [float(r["median_ms"]) for r in jobs]) if steady else [1.0] * len(jobs)
-    )
+    factors = speed_factors([r["name"] for r in jobs], [float(r[field]) for r in jobs]) if steady else [1.0] * len(jobs)
     at = {(r["name"], r["round"]): f for r, f in zip(jobs, factors, strict=True)}
     by: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in rows:
         f = at.get((_parent(r["name"]), r["round"]), 1.0)
-        by[r["name"]].append((int(r["round"]), float(r["median_ms"]) / f))
+        by[r["name"]].append((int(r["round"]), float(r[field]) / f))
     return {k: [v for _, v in sorted(xs)] for k, xs in by.items()}
 
 
-def round_medians(rows: list[dict[str, str]], steady: bool = True) -> dict[str, float]:
-    """Each name's figure: the median over rounds of its per-round medians (ms); ``steady`` as
-    for :func:`round_values`."""
-    return {k: statistics.median(v) for k, v in round_values(rows, steady).items()}
+def round_medians(rows: list[dict[str, str]], steady: bool = True, reading: str = DEFAULT_READING) -> dict[str, float]:
+    """Each name's figure: the median over rounds of its per-round readings (ms); ``steady`` and
+    ``reading`` as for :func:`round_values`."""
+    return {k: statistics.median(v) for k, v in round_values(rows, steady, reading).items()}
 
 
 # -- the standalone runner ------------------------------------------------------------------
