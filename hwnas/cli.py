@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hwnas.errors import HwnasError, UsageError, check_out_path
+
+if TYPE_CHECKING:  # imported where used: the CLI starts fast
+    from hwnas.arch import Arch
+    from hwnas.lut import LUT
 
 app = typer.Typer(
     help="hwnas: hardware-aware NAS for mobile and edge networks. Latencies are milliseconds.",
@@ -438,6 +442,14 @@ def measure(
         Path | None,
         typer.Option("--lut", "-l", help="Take the settings from this LUT and print its prediction beside."),
     ] = None,
+    references: Annotated[
+        bool,
+        typer.Option(
+            "--references/--no-references",
+            help="With --lut: time the LUT's probe networks in the same rounds, and give the network's time also at "
+            "the machine speed of the profile (the figure its prediction compares with).",
+        ),
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Build (or load) the whole network and time it end to end, with the same settings as a LUT.
@@ -445,8 +457,8 @@ def measure(
     Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
     """
     from hwnas.lut import LUT
-    from hwnas.measure import device_note, measure_archs, measure_onnx, settings_from_lut
-    from hwnas.profiling.profile import ProfileSettings, check_target
+    from hwnas.measure import device_note, measure_beside, onnx_loader, settings_from_lut
+    from hwnas.profiling.profile import ProfileSettings, check_target, loaders
 
     over = {"device": device.value if device else None, "backend": backend.value if backend else None,
             "threads": threads, "batch": batch, "rounds": rounds}  # fmt: skip
@@ -460,6 +472,7 @@ def measure(
     note = device_note(table, s) if table else None
     if note:
         err.print(note, highlight=False)
+    refs = _reference_nets(table) if table is not None and references else []
     if _is_onnx(model):
         from hwnas.export import arch_from_metadata, read_metadata, timing_copy
 
@@ -470,22 +483,43 @@ def measure(
             pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
         # a dynamic batch axis is timed at the settings' batch
         with timing_copy(model, s.batch) as timed, progress_bar("measure") as update:
-            ms = measure_onnx(timed, s, update)
+            (ms,), drift = measure_beside([onnx_loader(timed, s)], refs, s, update)
     else:
         a = _arch_or_onnx(model)
         pred = table.predict(a).total_ms if table else None
+        _, load_net = loaders(s)
         with progress_bar("measure") as update:
-            ms = measure_archs([a], s, update)[0]
-    res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s)}
+            (ms,), drift = measure_beside([lambda: load_net(a)], refs, s, update)
+    then = ms / drift if drift else None
+    res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s), "drift": drift,
+           "measured_at_profile_speed_ms": then, "references": len(refs)}  # fmt: skip
     if as_json:
         out.print_json(json.dumps(res))
         return
     line = (
         f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
     )
+    if then is not None and drift is not None:
+        line += (
+            f"; {then:.3f} ms at the profile's machine speed (its {len(refs)} probe networks, timed alongside, "
+            f"ran {(drift - 1) * 100:+.1f} % vs then)"
+        )
     if pred is not None:
-        line += f"; predicted {pred:.3f} ms ({(pred / ms - 1) * 100:+.1f}%)"
+        line += f"; predicted {pred:.3f} ms ({(pred / (then or ms) - 1) * 100:+.1f}%)"
     out.print(line)
+
+
+def _reference_nets(table: LUT) -> list[tuple[Arch, float]]:
+    """The LUT's probe networks and their recorded times (:func:`hwnas.measure.reference_nets`);
+    none, with a note, when the LUT's space file is not at hand."""
+    from hwnas.measure import reference_nets
+    from hwnas.profiling.profile import space_from_meta
+
+    try:
+        return reference_nets(space_from_meta(table.meta), table)
+    except HwnasError as e:
+        err.print(f"note: no reference networks ({e}); the figure is this machine's speed now", highlight=False)
+        return []
 
 
 @app.command()
@@ -561,8 +595,9 @@ def export(
     for n in r.notes:
         err.print(n, highlight=False)
     if time_it:
+        refs = _reference_nets(table) if table is not None else []
         with progress_bar("time ONNX Runtime and torch") as update:
-            time_result(r, s, update)
+            time_result(r, s, update, refs)
     if as_json:
         out.print_json(json.dumps(r.to_dict()))
         return
@@ -584,6 +619,9 @@ def export(
     if r.measured_ms is not None and r.torch_ms is not None:
         measured = r.measured_ms if s.backend == "onnxruntime" else r.torch_ms
         lat = f"  latency ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}): measured {measured:.3f} ms"
+        if r.drift:  # compare the prediction and the budget with the network at the profile's speed
+            measured /= r.drift
+            lat += f" ({measured:.3f} ms at the profile's machine speed: its probe networks ran {(r.drift - 1) * 100:+.1f} %)"
         if r.predicted_ms is not None:
             lat += f", predicted {r.predicted_ms:.3f} ms ({(r.predicted_ms / measured - 1) * 100:+.1f}%)"
         if r.budget_ms is not None:

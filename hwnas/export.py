@@ -19,9 +19,8 @@ import contextlib
 import copy
 import json
 import math
-import statistics
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -436,15 +435,23 @@ def timing_copy(path: Path, batch: int) -> Iterator[Path]:
 
 
 def time_exported(
-    model: bytes, net: nn.Module, shape: tuple[int, ...], s: ProfileSettings, progress: Progress | None = None
-) -> tuple[float, float]:
-    """End-to-end latency (ms) of the ONNX ``model`` with ONNX Runtime and of ``net`` in torch eager.
+    model: bytes,
+    net: nn.Module,
+    shape: tuple[int, ...],
+    s: ProfileSettings,
+    progress: Progress | None = None,
+    refs: Sequence[tuple[Arch, float]] = (),
+) -> tuple[float, float, float | None]:
+    """End-to-end latency (ms) of the ONNX ``model`` with ONNX Runtime and of ``net`` in torch
+    eager, and the machine's drift since the profile (None without ``refs``).
 
-    Both on ``s``'s device, threads and batch, with its timing discipline, in the same rounds
-    (median over rounds of each round's reading, ``s.reading``): the ONNX job is the one :func:`hwnas.measure.measure_onnx` times,
-    the torch job the one the torch backend times (``TorchTimed``, malloc tuned, threads set;
-    the previous torch thread count is restored afterwards).
+    Both on ``s``'s device, threads and batch, with its timing discipline, in the same rounds as
+    the LUT's reference networks ``refs`` (:func:`hwnas.measure.measure_beside`): the ONNX job
+    is the one ``hwnas measure`` times (:func:`hwnas.measure.onnx_loader`), the torch job the
+    one the torch backend times (``TorchTimed``, malloc tuned, threads set; the previous torch
+    thread count is restored afterwards).
     """
+    from hwnas.measure import measure_beside
     from hwnas.profiling import runner
     from hwnas.profiling.profile import check_target
     from hwnas.profiling.torch_backend import TorchTimed, tune_malloc
@@ -452,22 +459,24 @@ def time_exported(
     check_target(s)
     check_target(replace(s, backend="torch"))
     pinned = pin_batch(model, s.batch)
-    jobs = [
-        runner.Job("onnxruntime", "op", lambda: runner.OrtModel(pinned, s.threads, s.device, spinning=s.ort_spinning)),
-        runner.Job("torch", "op", lambda: TorchTimed(net, [shape], s.device, s.batch)),
-    ]
     tune_malloc()
     threads = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        by = runner.time_jobs(
-            jobs, s.rounds, replace(s, backend="onnxruntime").effective_timing, progress, reading=s.reading
+        (ort_ms, torch_ms), drift = measure_beside(
+            [
+                lambda: runner.OrtModel(pinned, s.threads, s.device, spinning=s.ort_spinning),
+                lambda: TorchTimed(net, [shape], s.device, s.batch),
+            ],
+            list(refs),
+            s,
+            progress,
+            timing=replace(s, backend="onnxruntime").effective_timing,  # ORT's cool-down, whichever the LUT's
         )
-        med = {name: statistics.median(v) for name, v in by.items()}
     finally:
         torch.set_num_threads(threads)
         net.cpu()
-    return med["onnxruntime"], med["torch"]
+    return ort_ms, torch_ms, drift
 
 
 # -- the export -----------------------------------------------------------------------------
@@ -498,6 +507,7 @@ class ExportResult:
     lut: str | None = None
     measured_ms: float | None = None  # the exported ONNX with ONNX Runtime
     torch_ms: float | None = None  # the same network in torch eager
+    drift: float | None = None  # the machine now vs during the LUT's profile (its probe networks); > 1 slower
     settings: dict[str, Any] | None = None
     weights: dict[str, Any] = field(default_factory=dict)
     net: nn.Module | None = field(default=None, repr=False)
@@ -584,10 +594,18 @@ def export_model(
     return res
 
 
-def time_result(res: ExportResult, s: ProfileSettings, progress: Progress | None = None) -> ExportResult:
-    """Fill ``res``'s ``measured_ms`` (the written file, ONNX Runtime) and ``torch_ms`` (torch eager); see :func:`time_exported`."""
+def time_result(
+    res: ExportResult,
+    s: ProfileSettings,
+    progress: Progress | None = None,
+    refs: Sequence[tuple[Arch, float]] = (),
+) -> ExportResult:
+    """Fill ``res``'s ``measured_ms`` (the written file, ONNX Runtime), ``torch_ms`` (torch eager)
+    and, with the LUT's reference networks ``refs``, ``drift``; see :func:`time_exported`."""
     net = res.net if res.net is not None else res.arch.build()
-    res.measured_ms, res.torch_ms = time_exported(res.path.read_bytes(), net, tuple(res.arch.input), s, progress)
+    res.measured_ms, res.torch_ms, res.drift = time_exported(
+        res.path.read_bytes(), net, tuple(res.arch.input), s, progress, refs
+    )
     res.settings = asdict(s)
     return res
 

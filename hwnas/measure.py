@@ -1,8 +1,10 @@
 """Whole-network measurement and the LUT fidelity report.
 
-``measure_archs`` times whole networks end to end with the same backend, threads, batch and
-timing discipline as a LUT, in rounds across all networks (so slow drift of the machine spreads
-over all of them); ``fidelity`` compares those measurements with the LUT's predictions.
+``measure_beside`` and ``measure_rounds`` time whole networks end to end with the same backend,
+threads, batch, reading and timing discipline as a LUT, in rounds across all networks (so slow
+drift of the machine spreads over all of them), the former beside the LUT's probe networks to
+read the machine's drift since the profile; ``fidelity`` compares such measurements with the
+LUT's predictions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, check_target, loaders
-from hwnas.profiling.runner import Job, TimingSettings
+from hwnas.profiling.runner import Job, Timed, TimingSettings
 from hwnas.space import Space
 
 Progress = Callable[[int, int, str], None]
@@ -72,12 +74,6 @@ def device_note(lut: LUT, s: ProfileSettings) -> str | None:
     return None
 
 
-def measure_archs(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[float]:
-    """End-to-end latency (ms) of each arch on the target of ``s``: the median over rounds of
-    each round's reading (``s.reading``)."""
-    return [float(np.median(r)) for r in measure_rounds(archs, s, progress)]
-
-
 def measure_rounds(archs: list[Arch], s: ProfileSettings, progress: Progress | None = None) -> list[list[float]]:
     """Each arch's per-round end-to-end latency reading (ms, ``s.reading``), rounds in order, on the
     target of ``s``.
@@ -124,15 +120,42 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     return {"mean_diff_pct": float(d.mean()), "max_diff_pct": float(d.max()), "spearman": rho}
 
 
-def measure_onnx(path: Path, s: ProfileSettings, progress: Progress | None = None) -> float:
-    """End-to-end latency (ms) of an ONNX file with ONNX Runtime under the settings ``s`` (the
-    median over rounds of each round's reading, ``s.reading``)."""
+def onnx_loader(path: Path, s: ProfileSettings) -> Callable[[], Timed]:
+    """What times an ONNX file with ONNX Runtime under the settings ``s`` (a fresh session per call)."""
     if s.backend != "onnxruntime":
         raise HwnasError(f"{path}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
+    return lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning)
+
+
+def measure_beside(
+    models: list[Callable[[], Timed]],
+    refs: list[tuple[Arch, float]],
+    s: ProfileSettings,
+    progress: Progress | None = None,
+    timing: TimingSettings | None = None,
+) -> tuple[list[float], float | None]:
+    """Time ``models`` (loaders, as :func:`hwnas.profiling.profile.loaders` returns) and the
+    reference networks ``refs`` (:func:`reference_nets`) in the same rounds under ``s``.
+
+    Returns each model's latency (ms: the median over rounds of its readings, corrected for the
+    machine's changing speed when there are 3 or more jobs to compare) and the machine's drift
+    since the profile: the median over the references of ``now / recorded`` (above 1: slower
+    now), None without references. ``latency / drift`` is the model at the profile's speed,
+    the figure a prediction from that LUT is comparable with. ``timing``: instead of ``s``'s.
+    """
     check_target(s)
-    job = Job("model", "op", lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning))
-    by = runner.time_jobs([job], s.rounds, s.effective_timing, progress, reading=s.reading)
-    return float(np.median(by["model"]))
+    _, load_net = loaders(s)
+    jobs = [Job(f"model{i}", "op", f) for i, f in enumerate(models)]
+    jobs += [Job(f"ref{i}", "op", (lambda a=a: load_net(a))) for i, (a, _) in enumerate(refs)]
+    by = runner.time_jobs(jobs, s.rounds, timing or s.effective_timing, progress, reading=s.reading)
+    figures = [float(np.median(by[j.name])) for j in jobs]
+    return figures[: len(models)], drift_of(figures[len(models) :], refs)
+
+
+def drift_of(now: list[float], refs: list[tuple[Arch, float]]) -> float | None:
+    """How much slower (> 1) the machine runs now than during the profile: the median over the
+    reference networks of their time now (``now``, ms) over the time the LUT recorded."""
+    return float(np.median([n / then for n, (_, then) in zip(now, refs, strict=True)])) if refs else None
 
 
 def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
@@ -207,7 +230,7 @@ def fidelity(
     refs = reference_nets(space, lut)
     rounds, timed = measure_rounds_both(archs + [a for a, _ in refs], s, progress)
     measured = [float(np.median(r)) for r in rounds]
-    drift = float(np.median([now / then for now, (_, then) in zip(measured[n:], refs, strict=True)])) if refs else None
+    drift = drift_of(measured[n:], refs)
     return Fidelity(
         predicted, measured[:n], drift, lut.meta.get("profile_seconds"), repeatability(rounds[:n]),
         [float(np.median(r)) for r in timed[:n]], repeatability(timed[:n]),

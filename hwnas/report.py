@@ -18,7 +18,9 @@ Files read from ``RUN_DIR`` (paths relative to it):
 * ``model.onnx`` (``hwnas export``): its hwnas metadata (MACs, parameters, test accuracy);
 * ``measure.json`` or ``export.json``: the measured latency of the derived net, i.e. the output of
   ``hwnas measure RUN_DIR/arch.json --lut LUT --json`` (or ``hwnas export ... --json``) saved
-  there; the key read is ``measured_ms``;
+  there; the keys read are ``measured_ms`` and, when there, ``drift`` (the machine then vs during the
+  profile, from the LUT's probe networks timed alongside): the net at the profile's speed is
+  ``measured_ms / drift``, the figure its prediction compares with;
 * ``fidelity.json`` (``hwnas validate-lut --json``): the LUT's fidelity report with the per-net
   lists ``predicted_ms`` and ``measured_ms`` (equal length, ms); it counts as a report of this
   run's LUT if its ``lut_sha256`` is the one ``arch.json`` records (files without that key, from
@@ -148,7 +150,11 @@ def load_run(run_dir: Path) -> Run:
     for name in ("measure.json", "export.json"):
         doc = _read_json(run, name)
         if doc is not None and is_number(doc.get("measured_ms")):
-            run.measured = (float(doc["measured_ms"]), name)
+            drift = doc.get("drift")
+            if is_number(drift) and drift > 0:
+                run.measured = (float(doc["measured_ms"]) / float(drift), f"{name}, at the profile's machine speed")
+            else:
+                run.measured = (float(doc["measured_ms"]), name)
             break
         if doc is not None:
             run.problems.append(f"{name} has no number 'measured_ms' (expected the output of hwnas measure --json)")

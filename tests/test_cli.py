@@ -302,3 +302,40 @@ def test_validate_lut_says_when_the_machine_runs_at_another_speed_than_the_profi
     assert noted == (speed != 1.0), res.output
     if noted:
         assert f"runs {abs(speed - 1) * 100:.1f} % {'slower' if speed > 1 else 'faster'}" in res.output
+
+
+@pytest.mark.parametrize("speed", [1.0, 1.3])
+def test_measure_reads_the_network_at_the_profiles_speed(
+    speed: float, samples: Path, tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network that takes what the LUT predicts, on a machine ``speed`` times slower than during
+    the profile: measured beside the LUT's probe networks, it reads ``speed`` times the prediction
+    as timed and the prediction at the profile's speed; ``--no-references`` times it alone."""
+    from hwnas.arch import Arch
+    from hwnas.lut import LUT
+    from hwnas.measure import reference_nets
+    from hwnas.profiling import runner
+    from hwnas.space import load_space
+
+    lut = LUT.load(tiny_lut_path)
+    arch = samples / "arch_000.json"
+    pred = lut.predict(Arch.load(arch)).total_ms
+    refs = [t for _, t in reference_nets(load_space("tiny"), lut)]
+    seen = []
+
+    def timed(jobs, rounds, timing, progress=None):  # runner.time_job_rows, without timing anything
+        seen.append(len(jobs))
+        truth = [pred, *refs][: len(jobs)]
+        return [{"name": j.name, "round": str(rnd), **dict.fromkeys(("median_ms", "p10_ms", "p90_ms"), str(truth[i] * speed)),
+                 "runs": "9"} for rnd in range(rounds) for i, j in enumerate(jobs)]  # fmt: skip
+
+    monkeypatch.setattr(runner, "time_job_rows", timed)
+    doc = json.loads(run("measure", arch, "--lut", tiny_lut_path, "--rounds", "3", "--json").stdout)
+    assert doc["references"] == len(refs) >= 3 and seen[-1] == 1 + len(refs)
+    assert doc["measured_ms"] == pytest.approx(pred * speed) and doc["drift"] == pytest.approx(speed)
+    assert doc["measured_at_profile_speed_ms"] == pytest.approx(pred)
+    res = run("measure", arch, "--lut", tiny_lut_path, "--rounds", "3")
+    assert f"{pred:.3f} ms at the profile's machine speed" in res.stdout and "(+0.0%)" in res.stdout, res.output
+    doc = json.loads(run("measure", arch, "--lut", tiny_lut_path, "--no-references", "--json").stdout)
+    assert seen[-1] == 1 and doc["drift"] is None and doc["measured_at_profile_speed_ms"] is None
+    assert doc["measured_ms"] == pytest.approx(pred * speed)

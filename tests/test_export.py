@@ -37,7 +37,8 @@ from hwnas.export import (
     time_result,
 )
 from hwnas.lut import LUT
-from hwnas.profiling.profile import profile
+from hwnas.measure import reference_nets
+from hwnas.profiling.profile import profile, space_from_meta
 from hwnas.search import SearchConfig, run_search
 from hwnas.space import load_space
 from hwnas.strategies import STRATEGIES
@@ -181,7 +182,9 @@ def test_export_derived(space: str, strategy: str, derived, tmp_path: Path) -> N
 def test_budget_and_prediction_recorded(derived, tmp_path: Path) -> None:
     a = derived["tiny", "binary"]
     lut = LUT.load(a.info["lut"])
-    res = time_result(export_model(a, tmp_path / "m.onnx", lut=lut), fast_settings())
+    refs = reference_nets(space_from_meta(lut.meta), lut)
+    res = time_result(export_model(a, tmp_path / "m.onnx", lut=lut), fast_settings(), refs=refs)
+    assert res.drift is not None and res.drift > 0  # the LUT's probe networks, timed alongside
     meta = read_metadata(tmp_path / "m.onnx")
     assert float(meta["predicted_ms"]) == pytest.approx(lut.predict(a).total_ms)
     assert float(meta["budget_ms"]) == a.info["budget_ms"] and meta["lut_sha256"] == lut.sha256
@@ -226,7 +229,15 @@ def test_cli_export_predict_measure(arch_file: Path, tiny_lut_path: Path, tmp_pa
     out = tmp_path / "m.onnx"
     res = run("export", arch_file, "-o", out, "--lut", tiny_lut_path, "--rounds", "1")
     assert res.exit_code == 0, res.output
-    for text in ("UNTRAINED weights", "0 left in the graph", "onnx.checker ok", "measured", "predicted", "ORT/torch"):
+    for text in (
+        "UNTRAINED weights",
+        "0 left in the graph",
+        "onnx.checker ok",
+        "measured",
+        "predicted",
+        "ORT/torch",
+        "at the profile's machine speed",
+    ):
         assert text in res.stdout, res.stdout
     pred_json = json.loads(run("predict", arch_file, "--lut", tiny_lut_path, "--json").stdout)
     res = run("predict", out, "--lut", tiny_lut_path, "--json")

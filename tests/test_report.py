@@ -123,9 +123,15 @@ def test_block_run_report_draws_every_piece(runs: dict[str, Path], block_report)
         assert f'href="{p.name}"' in html
     assert "not in this run" not in html
     # the summary reads every file the other commands wrote
-    measured = json.loads((run / "measure.json").read_text())["measured_ms"]
+    doc = json.loads((run / "measure.json").read_text())
+    assert doc["drift"] > 0  # the LUT's probe networks timed alongside: the net at the profile's speed
+    measured = doc["measured_ms"] / doc["drift"]
     test_acc = json.loads((run / "train" / "result.json").read_text())["test_acc"]
     assert f"{measured:.3f} ms" in html and f"{100 * test_acc:.2f} %" in html
+    assert (
+        "measure.json, at the profile&#x27;s machine speed" in html
+        or "measure.json, at the profile's machine speed" in html
+    )
     assert "matches the LUT file" in html and "fidelity.json" in html
 
 

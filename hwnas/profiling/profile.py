@@ -353,17 +353,23 @@ def _relative_lstsq(columns: list[np.ndarray], ys: np.ndarray) -> list[float]:
     return [float(c) for c in coef]
 
 
-def _space_from_meta(space_meta: dict[str, Any], work: Work) -> Space | None:
-    """The profiled space, reloaded from the LUT metadata (None if its file is not at hand)."""
+def space_from_meta(space_meta: dict[str, Any]) -> Space:
+    """The profiled space, reloaded from a LUT's metadata (:func:`space_meta`'s fields); raises
+    :class:`HwnasError` if its file is not at hand."""
     from hwnas.space import load_space
 
+    sp = load_space(
+        space_meta.get("space_source") or space_meta["space"],
+        int(space_meta["input_size"]),
+        float(space_meta["width_mult"]),
+    )
+    return sp.with_params(in_channels=space_meta.get("in_channels"), num_classes=space_meta.get("num_classes"))
+
+
+def _space_from_meta(space_meta: dict[str, Any], work: Work) -> Space | None:
+    """:func:`space_from_meta`, or None if the space's file is not at hand."""
     try:
-        sp = load_space(
-            space_meta.get("space_source") or space_meta["space"],
-            int(space_meta["input_size"]),
-            float(space_meta["width_mult"]),
-        )
-        return sp.with_params(in_channels=space_meta.get("in_channels"), num_classes=space_meta.get("num_classes"))
+        return space_from_meta(space_meta)
     except HwnasError:
         return None
 
