@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on defaults, about 4-5 minutes on a 2-core machine:
+# The main job on defaults, about 5-9 minutes on a 2-core machine (more when a shared VM is busy):
 #  1. install hwnas, its dependencies and Debian's Fashion-MNIST (install.sh);
 #  2. measure this CPU's latency table for the ProxylessNAS space at 224 px with ONNX Runtime,
 #     1 thread, for Fashion-MNIST's shape (1 input channel, 10 classes);

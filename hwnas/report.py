@@ -22,7 +22,8 @@ Files read from ``RUN_DIR`` (paths relative to it):
   profile, from the LUT's probe networks timed alongside): the net at the profile's speed is
   ``measured_ms / drift``, the figure its prediction compares with;
 * ``fidelity.json`` (``hwnas validate-lut --json``): the LUT's fidelity report with the per-net
-  lists ``predicted_ms`` and ``measured_ms`` (equal length, ms); it counts as a report of this
+  lists ``predicted_ms`` and ``measured_ms`` (equal length, ms), read at the profile's machine
+  speed (``measured_ms / drift``) when it has a ``drift``; it counts as a report of this
   run's LUT if its ``lut_sha256`` is the one ``arch.json`` records (files without that key, from
   older versions, are matched by the LUT's file name);
 * ``random_nets.json`` (``bench/search_budget.py --quality --json``): accuracy of random networks
@@ -219,7 +220,16 @@ def _check_fidelity(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] | No
             "(write it with hwnas validate-lut --json)"
         )
         return None
+    drift = doc.get("drift")
+    if is_number(drift) and drift > 0:  # the networks at the profile's speed, as the run's own net is read
+        return {**doc, "measured_ms": [v / drift for v in m], "drift_removed": float(drift)}
     return doc
+
+
+def _drift_note(fidelity: dict[str, Any]) -> str:
+    """How the fidelity figures were read: at the profile's machine speed when the report had a drift."""
+    d = fidelity.get("drift_removed")
+    return f" (at the profile's machine speed: drift {(d - 1) * 100:+.1f} % removed)" if d else ""
 
 
 def _check_random_nets(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -766,10 +776,9 @@ def draw_fidelity(doc: dict[str, Any], own: tuple[float, float] | None) -> bytes
     ax.set_aspect("equal")
     ax.set_xlabel("measured latency (ms)")
     ax.set_ylabel("predicted latency (ms)")
-    ax.set_title(
-        f"LUT fidelity: MAPE {err.mean():.2f} %, max {err.max():.2f} %, within ±5 % {100 * (err <= 5).mean():.0f} %",
-        fontsize=9,
-    )
+    note = _drift_note(doc).strip(" ()")
+    title = f"LUT fidelity: MAPE {err.mean():.2f} %, max {err.max():.2f} %, within ±5 % {100 * (err <= 5).mean():.0f} %"
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     return _png(fig)
 
@@ -972,7 +981,7 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
     if run.fidelity is not None:
         err = _errors_pct(run.fidelity)
         figures = f"MAPE {err.mean():.2f} %, max {err.max():.2f} %, within ±5 % {100 * (err <= 5).mean():.0f} %"
-        add("LUT fidelity", f"{len(err)} random nets: {figures}", "fidelity.json")
+        add("LUT fidelity", f"{len(err)} random nets: {figures}{_drift_note(run.fidelity)}", "fidelity.json")
     return pd.DataFrame(rows, columns=["", "value", "from"])
 
 

@@ -243,6 +243,23 @@ def test_fidelity_json_is_matched_to_the_run_lut_by_sha256(
         assert said == [] and "fidelity.json is the report of LUT" not in html, r.notes
 
 
+@pytest.mark.parametrize("drift", [None, 1.4])
+def test_fidelity_is_read_at_the_profiles_speed(runs: dict[str, Path], tmp_path: Path, drift: float | None) -> None:
+    """A fidelity report taken while the machine ran 40 % slower than during the profile: its
+    networks are drawn and summarised at the profile's speed (as the run's own net is), and the
+    report says so; without a drift, as measured."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["tiny"], run, ignore=shutil.ignore_patterns("report", "*.pt"))
+    doc = json.loads((run / "fidelity.json").read_text())
+    doc["predicted_ms"] = [1.0, 2.0, 3.0]
+    doc["measured_ms"] = [1.4, 2.8, 4.2] if drift else [1.0, 2.0, 3.0]
+    doc["drift"] = drift
+    (run / "fidelity.json").write_text(json.dumps(doc))
+    html = build_report(run).html.read_text()
+    assert "3 random nets: MAPE 0.00 %, max 0.00 %, within ±5 % 100 %" in html
+    assert ("drift +40.0 % removed" in html) is bool(drift)
+
+
 def test_unusable_files_are_reported_not_raised(runs: dict[str, Path], tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(runs["tiny"], run, ignore=shutil.ignore_patterns("report", "*.pt"))
