@@ -64,7 +64,8 @@ SPEED_WINDOW = 5
 # p10 instead of the median cut the disagreement of a validation's even and odd rounds from 3.0 to
 # 1.7 % (DARTS @ 32) and the drift-corrected error of two DARTS LUTs from 3.0 / 5.2 to 2.0 / 3.4 %
 # MAPE (Spearman 0.95 -> 0.97); on ProxylessNAS @ 224 2.2 / 2.7 to 1.8 / 2.1 %. On a quiet
-# machine the two differ by about the spread of one model's runs, which the whole-net fit absorbs.
+# machine p10 reads a few percent below the median (one model's spread of runs); a LUT and the
+# measurements compared with it read the same statistic (not yet compared on a quiet machine).
 READINGS = {"p10": "p10_ms", "median": "median_ms"}
 DEFAULT_READING = "p10"
 
