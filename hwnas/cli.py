@@ -499,7 +499,7 @@ def measure(
     line = (
         f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
     )
-    if then is not None and drift is not None:
+    if drift and then is not None:
         line += (
             f"; {then:.3f} ms at the profile's machine speed (its {len(refs)} probe networks, timed alongside, "
             f"ran {(drift - 1) * 100:+.1f} % vs then)"
