@@ -458,7 +458,7 @@ def measure(
     """
     from hwnas.lut import LUT
     from hwnas.measure import device_note, measure_beside, onnx_loader, settings_from_lut
-    from hwnas.profiling.profile import ProfileSettings, check_target, loaders
+    from hwnas.profiling.profile import ProfileSettings, check_target
 
     over = {"device": device.value if device else None, "backend": backend.value if backend else None,
             "threads": threads, "batch": batch, "rounds": rounds}  # fmt: skip
@@ -487,9 +487,8 @@ def measure(
     else:
         a = _arch_or_onnx(model)
         pred = table.predict(a).total_ms if table else None
-        _, load_net = loaders(s)
         with progress_bar("measure") as update:
-            (ms,), drift = measure_beside([lambda: load_net(a)], refs, s, update)
+            (ms,), drift = measure_beside([a], refs, s, update)
     then = ms / drift if drift else None
     res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s), "drift": drift,
            "measured_at_profile_speed_ms": then, "references": len(refs)}  # fmt: skip

@@ -128,14 +128,14 @@ def onnx_loader(path: Path, s: ProfileSettings) -> Callable[[], Timed]:
 
 
 def measure_beside(
-    models: list[Callable[[], Timed]],
+    models: list[Arch | Callable[[], Timed]],
     refs: list[tuple[Arch, float]],
     s: ProfileSettings,
     progress: Progress | None = None,
     timing: TimingSettings | None = None,
 ) -> tuple[list[float], float | None]:
-    """Time ``models`` (loaders, as :func:`hwnas.profiling.profile.loaders` returns) and the
-    reference networks ``refs`` (:func:`reference_nets`) in the same rounds under ``s``.
+    """Time ``models`` (archs, built on ``s``'s backend, or loaders such as :func:`onnx_loader`)
+    and the reference networks ``refs`` (:func:`reference_nets`) in the same rounds under ``s``.
 
     Returns each model's latency (ms: the median over rounds of its readings, corrected for the
     machine's changing speed when there are 3 or more jobs to compare) and the machine's drift
@@ -145,8 +145,9 @@ def measure_beside(
     """
     check_target(s)
     _, load_net = loaders(s)
-    jobs = [Job(f"model{i}", "op", f) for i, f in enumerate(models)]
-    jobs += [Job(f"ref{i}", "op", (lambda a=a: load_net(a))) for i, (a, _) in enumerate(refs)]
+    nets = [(lambda m=m: load_net(m)) if isinstance(m, Arch) else m for m in models]
+    nets += [lambda a=a: load_net(a) for a, _ in refs]
+    jobs = [Job(f"model{i}" if i < len(models) else f"ref{i - len(models)}", "op", f) for i, f in enumerate(nets)]
     by = runner.time_jobs(jobs, s.rounds, timing or s.effective_timing, progress, reading=s.reading)
     figures = [float(np.median(by[j.name])) for j in jobs]
     return figures[: len(models)], drift_of(figures[len(models) :], refs)
