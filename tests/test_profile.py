@@ -370,3 +370,67 @@ def test_a_slow_episode_in_the_profile_does_not_reach_the_lut(space: str) -> Non
     assert clean.meta["machine_speed"]["p10"] == clean.meta["machine_speed"]["p90"] == 1.0
     spread = lut.meta["machine_speed"]  # the episodes are recorded, as the machine's own
     assert spread["p10"] == pytest.approx(1.0) and spread["p90"] == pytest.approx(1.5)
+
+
+def _kernel_events(plan: list[tuple[str, int]], runs: int) -> list[dict]:
+    """Node-profiler events of ``runs`` runs of ``plan`` (kernel name, duration in µs), with the
+    session's own events among them and the list out of time order, as a trace may be."""
+    events, ts = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 1}], 0
+    for _ in range(runs):
+        for name, dur in plan:
+            ts += 1 + dur
+            events.append({"cat": "Node", "name": f"{name}_kernel_time", "ts": ts, "dur": dur})
+            events.append({"cat": "Node", "name": f"{name}_fence_before", "ts": ts, "dur": 0})
+    return events[::-1]
+
+
+def test_kernels_the_runtime_inserts_are_charged_to_the_block_that_needs_them() -> None:
+    """ONNX Runtime inserts layout reorders that are in no block's scope; each is charged to the
+    block that runs next (at the plan's end, the one before), so every kernel's time is in a block."""
+    plan = [
+        ("ReorderInput", 3),  # the network's input into blocked layout: for block 0
+        ("/nodes.0/conv/Conv", 10),
+        ("ReorderOutput_token_7", 4),  # inside block 1, around its slices
+        ("/nodes.1/Slice", 1),
+        ("ReorderInput_token_2", 5),
+        ("/nodes.1/conv_2/Conv", 8),
+        ("/nodes.2/pool/GlobalAveragePool", 2),
+        ("ReorderOutput_token_9", 6),  # after the last block: for it
+    ]
+    per_run, kernels = runner.block_kernels(_kernel_events(plan, 3), 3)
+    assert kernels == {0: 2, 1: 4, 2: 2}
+    assert per_run == {b: pytest.approx([ms] * 3) for b, ms in {0: 0.013, 1: 0.018, 2: 0.008}.items()}
+
+    with pytest.raises(RuntimeError, match="not 2 runs of one plan"):
+        runner.block_kernels(_kernel_events(plan, 3), 2)
+    swapped = _kernel_events(plan, 2)
+    swapped[0]["name"] = "/nodes.1/Slice_kernel_time"  # a run that ran another plan
+    with pytest.raises(RuntimeError, match="runs of one plan"):
+        runner.block_kernels(swapped, 2)
+
+
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts", "darts", "proxyless", "fbnet"])
+def test_every_kernel_of_a_real_network_is_in_a_block(space: str, tmp_path: Path) -> None:
+    """On the real runtime, the blocks' in-network times add up to all the kernel time a run of
+    the network takes: nothing ONNX Runtime runs (its layout reorders included) is left out."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from hwnas.onnx_io import export_onnx
+
+    sp = load_space(space, 32)
+    arch = sp.sample(random.Random(7))
+    so = runner.session_options(1, profile_prefix=str(tmp_path / "prof"))
+    sess = ort.InferenceSession(export_onnx(arch.build(), [arch.input]), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, *arch.input)).astype(np.float32)
+    for _ in range(3):
+        sess.run(None, {"x0": x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_run, kernels = runner.block_kernels(events, 3)
+    ks = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    assert sum(kernels.values()) == len(ks) // 3
+    assert sum(sum(v) for v in per_run.values()) == pytest.approx(sum(e["dur"] for e in ks) / 1e3)
+    priced = {i for i, n in enumerate(arch.plan.nodes) if n.call.priced}
+    assert set(per_run) <= priced and set(per_run) == set(kernels)

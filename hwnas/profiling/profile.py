@@ -6,8 +6,9 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
 2. the space's probe networks (which together contain every op call, see
    :meth:`hwnas.space.Space.probe_archs`) and ``calib_nets`` random networks are timed whole, and
    each of their blocks is timed *inside* them (ONNX Runtime's node profiler; for torch, the clock
-   read between nodes). A block alone in a hot loop runs with warmer caches and without the
-   layout conversions a network amortises, so in-network times are what a network is made of;
+   read between nodes; a kernel ONNX Runtime inserted itself, such as a layout reorder, counts
+   for the block that runs next). A block alone in a hot loop runs with warmer caches and without
+   the layout conversions a network amortises, so in-network times are what a network is made of;
    a key's ``profiled_ms`` is the median of its in-network times, and ``kernels`` how many
    kernels ONNX Runtime ran for it;
 3. ``predicted = scale * sum(profiled_ms) - scale * kernel_ms * sum(kernels) + overhead_ms`` is

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""How much of a network's kernel time is in kernels ONNX Runtime inserts itself, and where.
+
+On x86 ONNX Runtime runs convolutions in a blocked NCHWc layout and inserts ``ReorderInput`` /
+``ReorderOutput`` kernels where they meet kernels that need plain NCHW (a FactorizedReduce's
+strided slices, a grouped conv, a channel shuffle, the head's flatten). They are in no block's
+``/nodes.<i>/`` scope. ``hwnas profile`` charges each to the block that runs next
+(:func:`hwnas.profiling.runner.block_kernels`); before, they were left to the whole-network
+overhead term, which can only carry their average. This prints, per space, how many there are per
+network, their share of its kernel time (min / median / max: the spread is what a constant cannot
+carry), and the ops they are now charged to.
+
+    python bench/inserted_kernels.py                                 # darts @ 32, proxyless and fbnet @ 224
+    python bench/inserted_kernels.py --configs darts:32 --nets 50
+
+One profiled session per network (node profiler on, so times read a little high). Figures, not
+assertions; about 1 minute for the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from hwnas.onnx_io import export_onnx
+from hwnas.profiling import runner
+from hwnas.space import load_space
+
+RUNS = 12  # the first 2 are dropped as warm-up
+
+
+def _inserted(e: dict) -> bool:
+    return e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and not runner.NODE_SCOPE.search(e["name"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", default=["darts:32", "proxyless:224", "fbnet:224"], help="space:size")
+    ap.add_argument("--nets", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1000, help="seed of the networks (as bench/fidelity.py)")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    for cfg in a.configs:
+        name, size = cfg.split(":")
+        sp = load_space(name, int(size))
+        rng = random.Random(a.seed)
+        counts, shares = [], []
+        by_op: dict[str, float] = defaultdict(float)
+        for _ in range(a.nets):
+            arch = sp.sample(rng)
+            with tempfile.TemporaryDirectory() as tmp:
+                so = runner.session_options(a.threads, profile_prefix=str(Path(tmp) / "prof"))
+                sess = ort.InferenceSession(
+                    export_onnx(arch.build(), [arch.input]), so, providers=["CPUExecutionProvider"]
+                )
+                x = np.random.default_rng(0).standard_normal((1, *arch.input)).astype(np.float32)
+                for _ in range(RUNS):
+                    sess.run(None, {sess.get_inputs()[0].name: x})
+                events = json.loads(Path(sess.end_profiling()).read_text())
+            with_all, _ = runner.block_kernels(events, RUNS)
+            scoped, _ = runner.block_kernels([e for e in events if not _inserted(e)], RUNS)
+            total = sum(np.median(v[2:]) for v in with_all.values())
+            extra = {i: np.median(v[2:]) - np.median(scoped.get(i, [0.0] * RUNS)[2:]) for i, v in with_all.items()}
+            for i, ms in extra.items():
+                by_op[arch.plan.nodes[i].call.op] += ms / a.nets
+            counts.append(sum(1 for e in events if _inserted(e)) // RUNS)
+            shares.append(sum(extra.values()) / total * 100)
+        top = ", ".join(f"{op} {ms * 1e3:.1f}" for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]) if ms > 5e-4)
+        print(
+            f"{cfg:>14}  inserted kernels per network {min(counts)}-{max(counts)} (median {np.median(counts):.0f}); "
+            f"share of kernel time {min(shares):.1f} / {np.median(shares):.1f} / {max(shares):.1f} % (min / median / max)"
+        )
+        print(f"{'':>14}  charged to (µs per network, mean): {top or '-'}")
+
+
+if __name__ == "__main__":
+    main()
