@@ -251,8 +251,9 @@ def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]]
     ONNX Runtime inserted itself (a layout reorder between its blocked NCHWc kernels and plain
     NCHW ones, e.g. around a FactorizedReduce's slices) is charged to the block that runs next in
     the plan, the one that needs it (at the plan's end, the one before). Left out, such reorders
-    were 2-7 % of a DARTS @ 32 network, varying with its ops, and the sum under-priced the
-    networks that have many. Raises ``RuntimeError`` if the events are not ``runs`` alike runs.
+    were 2-6 % of a DARTS @ 32 network's kernel time, varying with its ops, and the sum
+    under-priced the networks that have many (``bench/inserted_kernels.py``). Raises
+    ``RuntimeError`` if the events are not ``runs`` alike runs.
     """
     ks = sorted(
         (e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
