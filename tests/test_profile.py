@@ -107,6 +107,28 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         profile(sp, fast_settings(threads=2), out)
 
 
+def test_a_journal_of_an_older_hwnas_is_not_resumed(tmp_path: Path) -> None:
+    """A journal whose block rows were read another way (before inserted kernels were charged to
+    blocks) would mix with new rows in one LUT: one line says to start over, and nothing is lost."""
+    import json
+
+    sp = load_space("tiny")
+    out = tmp_path / "lut.csv"
+
+    def interrupt(done: int, total: int, name: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile(sp, fast_settings(), out, interrupt)
+    state = tmp_path / "lut.csv.work" / "state.json"
+    old = json.loads(state.read_text())
+    del old["journal"]  # as written before the journal had a kind
+    state.write_text(json.dumps(old))
+    with pytest.raises(HwnasError, match=r"from an older hwnas.*delete"):
+        profile(sp, fast_settings(), out)
+    assert state.exists() and not out.exists()
+
+
 def test_hard_kill_then_resume(tmp_path: Path, fast_target: Path) -> None:
     out = tmp_path / "lut.csv"
     cmd = [sys.executable, "-m", "hwnas", "profile", "--space", "tiny", "--target", str(fast_target), "--out", str(out)]

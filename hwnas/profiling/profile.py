@@ -63,6 +63,9 @@ from hwnas.profiling.runner import Job, Timed, TimingSettings, read_rows, round_
 from hwnas.space import SPACES_DIR, Space
 
 BACKENDS = ("onnxruntime", "torch")
+# How a journal's block rows were read; a journal of another kind is not resumed (its rows would
+# mix with ours in one LUT). 2: kernels ONNX Runtime inserts are charged to blocks (block_kernels).
+JOURNAL = 2
 DEVICES = ("cpu", "cuda")
 Progress = Callable[[int, int, str], None]
 
@@ -480,13 +483,18 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir = out.with_name(out.name + ".work")
     for stale in out.parent.glob(f"{glob.escape(work_dir.name)}.done-*"):  # a kill while deleting a journal
         shutil.rmtree(stale, ignore_errors=True)
-    state = {"space": space_meta(space), "settings": s.to_dict()}
+    state = {"space": space_meta(space), "settings": s.to_dict(), "journal": JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
         try:
             old = json.loads(state_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
+        if isinstance(old, dict) and old.get("journal") != JOURNAL:
+            raise HwnasError(
+                f"{work_dir} holds an interrupted profile from an older hwnas, which read block times "
+                f"differently; delete {work_dir} to start over"
+            )
         if old != state:
             raise HwnasError(
                 f"{work_dir} holds an interrupted profile with other settings; re-run it with the same options "
