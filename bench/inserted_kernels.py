@@ -13,7 +13,8 @@ carry), and the ops they are now charged to.
     python bench/inserted_kernels.py                                 # darts @ 32, proxyless and fbnet @ 224
     python bench/inserted_kernels.py --configs darts:32 --nets 50
 
-One profiled session per network (node profiler on, so times read a little high). Figures, not
+One profiled session per network (node profiler on, so times read a little high; plain
+``run`` calls, not the profile's bound inputs). A share is the median over runs of each run's. Figures, not
 assertions; about 1 minute for the defaults.
 """
 
@@ -66,12 +67,13 @@ def main() -> None:
                 events = json.loads(Path(sess.end_profiling()).read_text())
             with_all, _ = runner.block_kernels(events, RUNS)
             scoped, _ = runner.block_kernels([e for e in events if not _inserted(e)], RUNS)
-            total = sum(np.median(v[2:]) for v in with_all.values())
-            extra = {i: np.median(v[2:]) - np.median(scoped.get(i, [0.0] * RUNS)[2:]) for i, v in with_all.items()}
+            # per block and run, the inserted kernels' time: all its kernels less its own (ms)
+            extra = {i: np.subtract(v, scoped.get(i, [0.0] * RUNS))[2:] for i, v in with_all.items()}
             for i, ms in extra.items():
-                by_op[arch.plan.nodes[i].call.op] += ms / a.nets
+                by_op[arch.plan.nodes[i].call.op] += float(np.median(ms)) / a.nets
+            total = np.sum([v[2:] for v in with_all.values()], axis=0)
             counts.append(sum(1 for e in events if _inserted(e)) // RUNS)
-            shares.append(sum(extra.values()) / total * 100)
+            shares.append(float(np.median(np.sum(list(extra.values()), axis=0) / total)) * 100)
         top = ", ".join(f"{op} {ms * 1e3:.1f}" for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]) if ms > 5e-4)
         print(
             f"{cfg:>14}  inserted kernels per network {min(counts)}-{max(counts)} (median {np.median(counts):.0f}); "

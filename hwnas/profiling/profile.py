@@ -492,8 +492,8 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
             old = None
         if isinstance(old, dict) and old.get("journal") != JOURNAL:
             raise HwnasError(
-                f"{work_dir} holds an interrupted profile from an older hwnas, which read block times "
-                f"differently; delete {work_dir} to start over"
+                f"{work_dir} holds an interrupted profile from another hwnas version, which read block "
+                f"times differently; delete {work_dir} to start over"
             )
         if old != state:
             raise HwnasError(
@@ -588,7 +588,7 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
         "device": info.get("device", "unknown (no .info.json beside the results)"),
         "versions": {"onnxruntime": info.get("onnxruntime"), "numpy": info.get("numpy"), "hwnas": __version__},
         "settings": {
-            "onnxruntime": info.get("ort_settings", runner.ort_settings(s.ort_spinning)),
+            "onnxruntime": _runner_settings(info, s),
             "speed_correction": speed_correction(),
         },
         "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
@@ -599,6 +599,15 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
     lut = assemble(hw["space"], s, work, rows, extra)
     lut.save(out)
     return lut
+
+
+def _runner_settings(info: dict[str, Any], s: ProfileSettings) -> dict[str, Any]:
+    """The ORT settings the board runner recorded in its ``.info.json``, as the LUT's metadata
+    keeps them; what the info does not say is recorded as not known (or, for a runner from before
+    inserted kernels were charged to blocks, as left out)."""
+    if "ort_settings" not in info:
+        return {**runner.ort_settings(s.ort_spinning), "inserted_kernels": "unknown (no .info.json beside the results)"}
+    return {"inserted_kernels": "left out (a runner from before they were charged to blocks)", **info["ort_settings"]}
 
 
 def _check_imported(rows: list[dict[str, str]], times_csv: Path, folder: Path) -> None:

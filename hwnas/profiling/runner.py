@@ -249,11 +249,12 @@ def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]]
     A sequential session runs one fixed plan, so its kernel events in time order are ``runs``
     copies of one sequence. A kernel in a block's ``/nodes.<i>/`` scope is that block's. A kernel
     ONNX Runtime inserted itself (a layout reorder between its blocked NCHWc kernels and plain
-    NCHW ones, e.g. around a FactorizedReduce's slices) is charged to the block that runs next in
-    the plan, the one that needs it (at the plan's end, the one before). Left out, such reorders
-    were 2-6 % of a DARTS @ 32 network's kernel time, varying with its ops, and the sum
-    under-priced the networks that have many (``bench/inserted_kernels.py``). Raises
-    ``RuntimeError`` if the events are not ``runs`` alike runs.
+    NCHW ones, e.g. around a FactorizedReduce's slices; on CUDA also the copies between host and
+    device) is charged to the block that runs next in the plan, the one that needs it (at the
+    plan's end, the one before). Left out, such reorders were 2-5 % of a DARTS @ 32 network's
+    kernel time, varying with its ops, and the sum under-priced the networks that have many
+    (``bench/inserted_kernels.py``). Raises ``RuntimeError`` if the events are not ``runs`` alike
+    runs.
     """
     ks = sorted(
         (e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
@@ -261,7 +262,8 @@ def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]]
     )
     n = len(ks) // runs
     plan = [e["name"] for e in ks[:n]]
-    if n == 0 or len(ks) != n * runs or any(e["name"] != plan[k % n] for k, e in enumerate(ks)):
+    alike = len(set(plan)) == n and all(e["name"] == plan[k % n] for k, e in enumerate(ks))  # names are unique
+    if n == 0 or len(ks) != n * runs or not alike:
         raise RuntimeError(f"the node profiler recorded {len(ks)} kernels, not {runs} runs of one plan")
     owner = [int(m.group(1)) if (m := NODE_SCOPE.search(name)) else None for name in plan]
     after: int | None = None
