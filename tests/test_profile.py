@@ -96,32 +96,29 @@ def test_interrupted_profile_leaves_no_lut_and_resumes(tmp_path: Path) -> None:
     assert sorted(lut.table["key"]) == sorted(c.key for c in sp.calls())
 
 
-def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
-    sp = load_space("tiny")
-    out = tmp_path / "lut.csv"
+def _interrupt_after_one_job(sp, out: Path) -> None:
+    """Start a profile of ``sp`` to ``out`` and interrupt it after its first job-round."""
 
     def interrupt(done: int, total: int, name: str) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         profile(sp, fast_settings(), out, interrupt)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    sp = load_space("tiny")
+    _interrupt_after_one_job(sp, tmp_path / "lut.csv")
     with pytest.raises(HwnasError, match="interrupted profile with other settings"):
-        profile(sp, fast_settings(threads=2), out)
+        profile(sp, fast_settings(threads=2), tmp_path / "lut.csv")
 
 
 def test_a_journal_of_an_older_hwnas_is_not_resumed(tmp_path: Path) -> None:
     """A journal whose block rows were read another way (before inserted kernels were charged to
     blocks) would mix with new rows in one LUT: one line says to start over, and nothing is lost."""
-    import json
-
     sp = load_space("tiny")
     out = tmp_path / "lut.csv"
-
-    def interrupt(done: int, total: int, name: str) -> None:
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        profile(sp, fast_settings(), out, interrupt)
+    _interrupt_after_one_job(sp, out)
     state = tmp_path / "lut.csv.work" / "state.json"
     old = json.loads(state.read_text())
     del old["journal"]  # as written before the journal had a kind
