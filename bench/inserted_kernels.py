@@ -37,10 +37,6 @@ from hwnas.space import load_space
 RUNS = 12  # the first 2 are dropped as warm-up
 
 
-def _inserted(e: dict) -> bool:
-    return e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and not runner.NODE_SCOPE.search(e["name"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["darts:32", "proxyless:224", "fbnet:224"], help="space:size")
@@ -66,13 +62,14 @@ def main() -> None:
                     sess.run(None, {sess.get_inputs()[0].name: x})
                 events = json.loads(Path(sess.end_profiling()).read_text())
             with_all, _ = runner.block_kernels(events, RUNS)
-            scoped, _ = runner.block_kernels([e for e in events if not _inserted(e)], RUNS)
+            kernels = runner.kernel_events(events)
+            scoped, _ = runner.block_kernels([e for e in kernels if not runner.inserted(e)], RUNS)
             # per block and run, the inserted kernels' time: all its kernels less its own (ms)
             extra = {i: np.subtract(v, scoped.get(i, [0.0] * RUNS))[2:] for i, v in with_all.items()}
             for i, ms in extra.items():
                 by_op[arch.plan.nodes[i].call.op] += float(np.median(ms)) / a.nets
             total = np.sum([v[2:] for v in with_all.values()], axis=0)
-            counts.append(sum(1 for e in events if _inserted(e)) // RUNS)
+            counts.append(sum(1 for e in kernels if runner.inserted(e)) // RUNS)
             shares.append(float(np.median(np.sum(list(extra.values()), axis=0) / total)) * 100)
         top = ", ".join(f"{op} {ms * 1e3:.1f}" for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1]) if ms > 5e-4)
         print(

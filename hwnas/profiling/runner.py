@@ -242,6 +242,18 @@ class OrtModel:
         return {i: runs[1 + warm : 1 + warm + s.profile_runs] for i, runs in per_run.items()}
 
 
+def kernel_events(events: list[dict]) -> list[dict]:
+    """The kernel events (``<node>_kernel_time``, ``dur`` in µs) of ONNX Runtime's node-profiler
+    ``events``, in time order (ties in the order the profiler wrote them, which is execution order)."""
+    ks = (e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"))
+    return sorted(ks, key=lambda e: e["ts"])
+
+
+def inserted(event: dict) -> bool:
+    """A kernel event of a node ONNX Runtime inserted itself: in no block's ``/nodes.<i>/`` scope."""
+    return not NODE_SCOPE.search(event["name"])
+
+
 def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]], dict[int, int]]:
     """Per block (plan node index): its kernel time in each of ``runs`` runs (ms), and how many
     kernels it ran as, from ONNX Runtime's node-profiler ``events``.
@@ -256,10 +268,7 @@ def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]]
     (``bench/inserted_kernels.py``). Raises ``RuntimeError`` if the events are not ``runs`` alike
     runs.
     """
-    ks = sorted(
-        (e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
-        key=lambda e: e["ts"],
-    )
+    ks = kernel_events(events)
     n = len(ks) // runs
     plan = [e["name"] for e in ks[:n]]
     alike = len(set(plan)) == n and all(e["name"] == plan[k % n] for k, e in enumerate(ks))  # names are unique
