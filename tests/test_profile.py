@@ -192,6 +192,42 @@ def test_standalone_runner_round_trip(tmp_path: Path) -> None:
         assert not (tmp_path / "lut2.csv").exists()
 
 
+def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "ops"
+    emit_onnx(load_space("tiny"), fast_settings(), folder)
+    times, info = folder / "times.csv", folder / "times.info.json"
+    assert runner.main([str(folder)]) == 0
+    assert json.loads(info.read_text())["complete"] is True
+    text = times.read_text()
+    assert runner.main([str(folder)]) == 0, "a finished run resumes with nothing left to time"
+    assert times.read_text() == text
+
+    def refused(args: list[str], *words: str) -> None:
+        capsys.readouterr()
+        assert runner.main([str(folder), *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+        assert all(w in err for w in words), err
+        assert times.read_text() == text, "a refused resume leaves the results as they were"
+
+    refused(["--threads", "2"], "other settings (threads)", "delete")
+    saved = json.loads(info.read_text())
+    for prior in ({k: v for k, v in saved.items() if k != "journal"}, {**saved, "journal": runner.JOURNAL - 1}):
+        info.write_text(json.dumps(prior))  # a file an older runner began or finished
+        refused([], "another version of this runner", f"delete {times}")
+    info.unlink()  # an older runner wrote its info only at the end: a half-done file of it has none
+    refused([], "another version of this runner")
+    info.write_text(json.dumps({**saved, "complete": False}))  # this runner, killed
+    with pytest.raises(HwnasError, match="the runner has not finished it"):
+        import_results(times, tmp_path / "lut.csv")
+    info.write_text("{ torn")
+    with pytest.raises(HwnasError, match="damaged"):
+        import_results(times, tmp_path / "lut.csv")
+    assert not (tmp_path / "lut.csv").exists()
+
+
 def test_cuda_without_gpu_is_one_clear_error(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

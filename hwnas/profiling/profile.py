@@ -63,9 +63,6 @@ from hwnas.profiling.runner import Job, Timed, TimingSettings, read_rows, round_
 from hwnas.space import SPACES_DIR, Space
 
 BACKENDS = ("onnxruntime", "torch")
-# How a journal's block rows were read; a journal of another kind is not resumed (its rows would
-# mix with ours in one LUT). 2: kernels ONNX Runtime inserts are charged to blocks (block_kernels).
-JOURNAL = 2
 DEVICES = ("cpu", "cuda")
 Progress = Callable[[int, int, str], None]
 
@@ -483,14 +480,14 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir = out.with_name(out.name + ".work")
     for stale in out.parent.glob(f"{glob.escape(work_dir.name)}.done-*"):  # a kill while deleting a journal
         shutil.rmtree(stale, ignore_errors=True)
-    state = {"space": space_meta(space), "settings": s.to_dict(), "journal": JOURNAL}
+    state = {"space": space_meta(space), "settings": s.to_dict(), "journal": runner.JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
         try:
             old = json.loads(state_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if isinstance(old, dict) and old.get("journal") != JOURNAL:
+        if isinstance(old, dict) and old.get("journal") != runner.JOURNAL:
             raise HwnasError(
                 f"{work_dir} holds an interrupted profile from another hwnas version, which read block "
                 f"times differently; delete {work_dir} to start over"
@@ -582,7 +579,20 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
     if not times_csv.exists():
         raise HwnasError(f"{times_csv}: no such file; run `python ort_runner.py {folder}` on the target first")
     info_path = times_csv.with_name(times_csv.stem + ".info.json")
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    try:
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        info = None
+    if not isinstance(info, dict):
+        raise HwnasError(
+            f"{info_path}: damaged (not the JSON object the runner writes); delete it to import {times_csv} "
+            "with the manifest's settings"
+        )
+    if info.get("complete") is False:
+        raise HwnasError(
+            f"{times_csv}: the runner has not finished it; run `python ort_runner.py {folder}` on the target "
+            "again to finish it (it resumes), then import"
+        )
     s = ProfileSettings(**{**asdict(s), "threads": int(info.get("threads", s.threads)), "timing": s.timing})
     extra = {
         "device": info.get("device", "unknown (no .info.json beside the results)"),

@@ -51,6 +51,10 @@ import numpy as np
 import onnxruntime as ort
 
 MANIFEST = "manifest.json"
+# How a journal's block rows are read; a journal of another kind is not resumed (its rows would
+# mix with ours in one LUT). 2: kernels ONNX Runtime inserts are charged to blocks (block_kernels).
+# A profile records it in its state.json, the standalone runner in its results' .info.json.
+JOURNAL = 2
 RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")  # every row has them
 OPTIONAL_FIELDS = ("kernels",)  # block rows from ONNX Runtime's profiler; absent in older files
 NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
@@ -625,6 +629,15 @@ def main(argv: list[str] | None = None) -> int:
     provider = a.provider or st.get("provider", "cpu")
     spinning = bool(st.get("spinning", False))
     out = a.out or a.folder / "times.csv"
+    info_path = out.with_name(out.stem + ".info.json")
+    run = {"journal": JOURNAL, "threads": threads, "provider": provider, "rounds": int(st["rounds"]),
+           "timing": asdict(timing)}  # fmt: skip
+    if read_rows(out):  # a run to resume: only one of this runner's kind with the same settings
+        problem = _resume_problem(_read_json(info_path), run, out)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 1
+    write_json_atomic(info_path, {**run, "complete": False})  # marks the results file as this run's
 
     def loader(file: str) -> Callable[[], Timed]:
         return lambda: OrtModel(str(a.folder / file), threads, provider, spinning=spinning)
@@ -637,14 +650,42 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run_jobs(jobs, int(st["rounds"]), timing, out, show)
     info = {
-        "threads": threads, "provider": provider, "rounds": int(st["rounds"]), "timing": asdict(timing),
+        **run, "complete": True,
         "onnxruntime": ort.__version__, "numpy": np.__version__, "device": cpu_name(),
         "ort_settings": ort_settings(spinning), "seconds": round(time.perf_counter() - t0, 1),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runner": "ort_runner.py",
     }  # fmt: skip
-    write_json_atomic(out.with_name(out.stem + ".info.json"), info)
+    write_json_atomic(info_path, info)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _read_json(path: Path) -> dict:
+    """``path``'s JSON object, or ``{}`` if it is missing or not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _resume_problem(prior: dict, run: dict, out: Path) -> str | None:
+    """Why the results ``out``, recorded under ``prior`` (their ``.info.json``), must not be
+    resumed by ``run`` (this runner and its settings), in one line; None if they may. A file an
+    older runner began (no ``journal`` in its info; an older runner wrote the info only at the
+    end) read block times differently: its rows and ours would mix in one LUT."""
+    if prior.get("journal") != run["journal"]:
+        return (
+            f"{out} holds timings from another version of this runner, which read block times "
+            f"differently; delete {out} to time the models again"
+        )
+    other = [k for k in run if prior.get(k) != run[k]]
+    if other:
+        return (
+            f"{out} holds timings taken with other settings ({', '.join(other)}); re-run with the same "
+            f"options to resume, or delete {out} to start over"
+        )
+    return None
 
 
 if __name__ == "__main__":
