@@ -1,20 +1,27 @@
 #!/usr/bin/env python3
-"""Which reading of a round's runs predicts better here: the 10th percentile or the median?
+"""How should a profile read its timings here: which statistic of a round's runs (the 10th
+percentile or the median), and would shorter timing per model do as well?
 
 Times a space once — ``--profiles`` independent profile journals and one validation of ``--nets``
-random networks plus the LUT's probe networks in 9 rounds — and then reads the same timings both
-ways (``hwnas profile --reading p10|median``): each reading builds its LUTs from the journals and
-its validation figures from the same rows. Prints, per reading, the validation's self-diff and,
-per LUT, the fidelity figures (raw and drift-corrected, as ``validate-lut`` computes them), and
-how far the LUTs' predictions are apart. Nothing is timed twice, so the two readings see the
-same machine.
+random networks plus the LUT's probe networks in 9 rounds — and then reads the same timings in
+several ways: each reading (``hwnas profile --reading p10|median``) builds its LUTs from the
+journals and its validation figures from the same rows. With ``--shorter TARGET_MS:RUNS ...``
+each profile is also read as if it had timed each model for only ``TARGET_MS`` per round (the
+first runs of each measurement, at least ``min_runs``) and profiled only the first ``RUNS`` runs
+of each network's blocks (the target profile's ``target_ms`` / ``profile_runs``), written as a
+journal of its own. Prints per reading and journal the validation's self-diff, the fidelity
+figures (raw and drift-corrected, as ``validate-lut`` computes them), how far each LUT's
+predictions are from the first LUT's of the same settings and, for a shorter reading, from the
+full one's ("shape": mean distance after dividing out the median ratio). Nothing is timed twice,
+so all readings see the same machine.
 
     python bench/reading_ab.py                                  # darts @ 32, 1 thread, 2 profiles
     python bench/reading_ab.py --space proxyless --input-size 224 --out bench/out/ab-proxyless
+    python bench/reading_ab.py --space proxyless --input-size 224 --shorter 50:12 30:8 --out bench/out/ab-short
 
 The timings stay in ``--out`` (journals and ``validation.json``); a second run with the same
-``--out`` reads them again without timing. About 3-5 minutes per space on a 2-core machine.
-Figures, not assertions.
+``--out`` reads them again without timing (a killed run with ``--shorter`` starts its profile
+over). About 3-5 minutes per space on a 2-core machine. Figures, not assertions.
 """
 
 from __future__ import annotations
@@ -23,15 +30,69 @@ import argparse
 import json
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, assemble, loaders, plan_work, run_meta, space_meta
-from hwnas.profiling.runner import Job
+from hwnas.profiling.runner import Job, Timed, TimingSettings, summarize
 from hwnas.space import load_space
+
+
+def first_runs(samples: list[float], target_ms: float, min_runs: int) -> list[float]:
+    """The runs a measurement with ``target_ms`` (and ``min_runs``) would have kept: a prefix."""
+    kept: list[float] = []
+    for x in samples:
+        if len(kept) >= min_runs and sum(kept) >= target_ms:
+            break
+        kept.append(x)
+    return kept
+
+
+@dataclass
+class Shorter:
+    """Wraps a job's model: times it as asked and also writes the rows a shorter timing
+    (``target_ms``, ``profile_runs``) would have read from the same runs to its ``journals``."""
+
+    name: str
+    kind: str
+    inner: Timed
+    rnd: int
+    journals: dict[tuple[float, int], Path]
+    blocks: dict[int, list[float]] = field(default_factory=dict)
+
+    def time(self, s: TimingSettings) -> list[float]:
+        samples = self.inner.time(s)
+        if self.kind == "net":  # run_jobs asks for the blocks next: profile them now, keep them
+            self.blocks = self.inner.node_times(s)
+        kernels = getattr(self.inner, "kernels", {})
+        for (target, runs), path in self.journals.items():
+            rows: list[dict[str, object]] = [
+                {"name": f"{self.name}#{i}", "round": self.rnd, **summarize(xs[:runs]), "kernels": kernels.get(i, "")}
+                for i, xs in sorted(self.blocks.items())
+            ]  # fmt: skip
+            rows.append({"name": self.name, "round": self.rnd, **summarize(first_runs(samples, target, s.min_runs))})
+            runner.append_rows(path, rows)
+        return samples
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        self.kernels = getattr(self.inner, "kernels", {})
+        return self.blocks
+
+
+def complete(path: Path, jobs: int, rounds: int) -> bool:
+    """``path`` is a journal with every job's every round."""
+    return path.exists() and sum("#" not in r["name"] for r in runner.read_rows(path)) == jobs * rounds
+
+
+def shape_apart(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean distance (%) of two predictions of the same networks after dividing out their median ratio."""
+    q = a / b
+    return float(np.mean(np.abs(q / np.median(q) - 1)) * 100)
 
 
 def main() -> None:
@@ -42,16 +103,35 @@ def main() -> None:
     ap.add_argument("--profiles", type=int, default=2, help="independent profile journals (LUTs per reading)")
     ap.add_argument("--nets", type=int, default=50, help="validation networks")
     ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks (as bench/fidelity.py)")
+    ap.add_argument("--shorter", nargs="*", default=[], metavar="TARGET_MS:RUNS", help="shorter timings to read too")
     ap.add_argument("--out", type=Path, default=Path("bench/out/reading-ab"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     sp = load_space(a.space, a.input_size)
     base = ProfileSettings(threads=a.threads)
+    timing = base.effective_timing
+    shorter = [(float(t), int(r)) for t, r in (x.split(":") for x in a.shorter)]
     work = plan_work(sp, base)
     load_op, load_net = loaders(base)
-    for k in range(a.profiles):  # run_jobs resumes a journal it finds
+    variants = ["", *[f"-{t:g}ms-{r}runs" for t, r in shorter]]  # journal name suffixes; "" is the full timing
+    for k in range(a.profiles):
+        full = a.out / f"profile{k}.csv"
+        journals = {(t, r): a.out / f"profile{k}{v}.csv" for (t, r), v in zip(shorter, variants[1:], strict=True)}
+        jobs = work.jobs(load_op, load_net)
+        if journals and not all(complete(p, len(jobs), base.rounds) for p in [full, *journals.values()]):
+            for p in [full, *journals.values()]:  # the shorter readings need every run: time the profile over
+                p.unlink(missing_ok=True)
+        rounds = {j.name: 0 for j in jobs}
+
+        def wrap(job: Job, journals: dict = journals, rounds: dict = rounds) -> Job:
+            def load() -> Timed:
+                rnd, rounds[job.name] = rounds[job.name], rounds[job.name] + 1  # run_jobs loads once per round
+                return Shorter(job.name, job.kind, job.load(), rnd, journals)
+
+            return Job(job.name, job.kind, load) if journals else job
+
         t0 = time.perf_counter()
-        if runner.run_jobs(work.jobs(load_op, load_net), base.rounds, base.effective_timing, a.out / f"profile{k}.csv"):
+        if runner.run_jobs([wrap(j) for j in jobs], base.rounds, timing, full):
             print(f"profile {k}: {time.perf_counter() - t0:.0f} s", flush=True)
     rng = random.Random(a.seed)
     archs = [sp.sample(rng) for _ in range(a.nets)]
@@ -61,32 +141,41 @@ def main() -> None:
         nets = archs + [x for _, x in probes]
         jobs = [Job(f"arch{i}", "op", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
         t0 = time.perf_counter()
-        runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, base.effective_timing))
+        runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, timing))
         print(f"validation: {time.perf_counter() - t0:.0f} s", flush=True)
     rows = json.loads(val.read_text())
     print(f"\n{a.space} @ {a.input_size}, {a.threads} thread(s), {a.nets} networks, {a.profiles} LUT(s) per reading")
-    print(f"{'reading':<8}{'LUT':>4}{'self-diff %':>12}{'MAPE %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}"
-          f"{'corr. ±5%':>10}{'Spearman':>9}{'drift %':>8}{'2nd LUT %':>10}")  # fmt: skip
+    print(f"{'reading':<8}{'timing':>14}{'LUT':>4}{'self-diff %':>12}{'MAPE %':>8}{'corr. MAPE %':>13}"
+          f"{'corr. max %':>12}{'corr. ±5%':>10}{'Spearman':>9}{'drift %':>8}{'1st LUT %':>10}{'full %':>8}")  # fmt: skip
     for reading in runner.READINGS:
         s = ProfileSettings(threads=a.threads, reading=reading)
         by = runner.round_values(rows, reading=reading)
-        rounds = [by[f"arch{i}"] for i in range(len(archs) + len(probes))]
-        measured = [float(np.median(r)) for r in rounds]
-        self_diff = (repeatability(rounds[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
-        preds = []
-        for k in range(a.profiles):
-            lut = assemble(space_meta(sp), s, work, runner.read_rows(a.out / f"profile{k}.csv"), run_meta(s, 0.0))
-            predicted = [lut.predict(x).total_ms for x in archs]
-            recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"].get("nets", [])}
-            kept = [(i, x, recorded[name]) for i, (name, x) in enumerate(probes) if name in recorded]
-            drift = drift_of([measured[a.nets + i] for i, _, _ in kept], [(x, then) for _, x, then in kept])
-            r = Fidelity(predicted, measured[: a.nets], drift, None).summary()
-            c = r.get("corrected", r)
-            apart = np.abs(np.array(predicted) / np.array(preds[0]) - 1).mean() * 100 if preds else float("nan")
-            preds.append(predicted)
-            print(f"{reading:<8}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}{c['mape_pct']:>13.2f}"
-                  f"{c['max_error_pct']:>12.2f}{c['within_5pct'] * 100:>9.0f}%{r['spearman']:>9.4f}"
-                  f"{(r.get('drift', 1.0) - 1) * 100:>+8.2f}{apart:>10.2f}")  # fmt: skip
+        rounds_ = [by[f"arch{i}"] for i in range(len(archs) + len(probes))]
+        measured = [float(np.median(r)) for r in rounds_]
+        self_diff = (repeatability(rounds_[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
+        preds: dict[tuple[str, int], np.ndarray] = {}
+        for v in variants:
+            for k in range(a.profiles):
+                journal = runner.read_rows(a.out / f"profile{k}{v}.csv")
+                lut = assemble(space_meta(sp), s, work, journal, run_meta(s, 0.0))
+                predicted = np.array([lut.predict(x).total_ms for x in archs])
+                preds[v, k] = predicted
+                recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"].get("nets", [])}
+                kept = [(i, x, recorded[name]) for i, (name, x) in enumerate(probes) if name in recorded]
+                drift = drift_of([measured[a.nets + i] for i, _, _ in kept], [(x, then) for _, x, then in kept])
+                r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
+                c = r.get("corrected", r)
+                first = np.abs(predicted / preds[v, 0] - 1).mean() * 100 if k else float("nan")
+                full = shape_apart(predicted, preds["", k]) if v else float("nan")
+                print(f"{reading:<8}{v.lstrip('-') or 'full':>14}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}"
+                      f"{c['mape_pct']:>13.2f}{c['max_error_pct']:>12.2f}{c['within_5pct'] * 100:>9.0f}%"
+                      f"{r['spearman']:>9.4f}{(r.get('drift', 1.0) - 1) * 100:>+8.2f}{first:>10.2f}{full:>8.2f}")  # fmt: skip
+            if a.profiles > 1:
+                x, y = preds[v, 0], preds[v, 1]
+                print(
+                    f"{'':<8}{v.lstrip('-') or 'full':>14}  LUT 0 vs 1: shape {shape_apart(y, x):.2f} %, "
+                    f"Spearman {stats.spearmanr(x, y).statistic:.4f}"
+                )
 
 
 if __name__ == "__main__":
