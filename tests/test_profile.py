@@ -228,6 +228,42 @@ def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
     assert not (tmp_path / "lut.csv").exists()
 
 
+def test_the_standalone_runner_reports_bad_input_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "ops"
+    emit_onnx(load_space("tiny"), fast_settings(), folder)
+    manifest = json.loads((folder / runner.MANIFEST).read_text())
+    model = folder / manifest["models"][-1]["file"]
+    good = model.read_bytes()
+
+    def refused(args: list[str], *words: str) -> None:
+        capsys.readouterr()
+        assert runner.main([str(folder), *args]) == 1
+        err = capsys.readouterr().err.strip()  # progress lines ([k/n] job) may come before the error
+        last = err.splitlines()[-1]
+        assert last.startswith("error: ") and "Traceback" not in err, err
+        assert all(w in last for w in words), err
+
+    model.unlink()  # a model left behind when the folder was copied to the board
+    refused([], "1 model file(s) of the manifest are missing", model.name)
+    assert not (folder / "times.csv").exists(), "nothing is timed before the folder is complete"
+    model.write_bytes(b"not an onnx model")  # damaged on the way
+    refused([], str(model), "ONNX Runtime cannot load it")
+    kept = read_rows(folder / "times.csv")
+    model.write_bytes(good)
+    assert runner.main([str(folder)]) == 0, "the run resumes once the file is whole again"
+    rows = read_rows(folder / "times.csv")
+    assert rows[: len(kept)] == kept and len(rows) > len(kept)
+    if "CUDAExecutionProvider" not in runner.ort.get_available_providers():
+        refused(["--provider", "cuda"], "CUDAExecutionProvider")
+    with pytest.raises(SystemExit) as exit_:
+        runner.main([str(folder), "--threads", "0"])
+    assert exit_.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+    (folder / runner.MANIFEST).write_text(json.dumps({**manifest, "models": [{"name": "op:x"}]}))
+    refused([], "not a manifest from `hwnas profile --emit-onnx`")
+
+
 def test_cuda_without_gpu_is_one_clear_error(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

@@ -611,44 +611,84 @@ def write_json_atomic(path: Path, data: object) -> None:
     atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
+class RunnerError(Exception):
+    """A problem the standalone runner reports in one line (no traceback), exiting 1."""
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Time the ONNX models written by `hwnas profile --emit-onnx`.")
     ap.add_argument("folder", type=Path, help="folder with manifest.json and the .onnx files")
     ap.add_argument("--out", type=Path, default=None, help="results CSV (default: FOLDER/times.csv)")
-    ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the manifest's)")
+    ap.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: the manifest's)")
     ap.add_argument("--provider", choices=["cpu", "cuda"], default=None, help="default: the manifest's")
     a = ap.parse_args(argv)
+    try:
+        return _run(a)
+    except RunnerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(a: argparse.Namespace) -> int:
     try:
         manifest = json.loads((a.folder / MANIFEST).read_text())
         st = manifest["settings"]
         timing = TimingSettings(**st["timing"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        print(f"error: {a.folder / MANIFEST}: not a manifest from `hwnas profile --emit-onnx` ({e})", file=sys.stderr)
-        return 1
-    threads = a.threads or int(st["threads"])
+        models = [(str(m["name"]), str(m["kind"]), str(m["file"])) for m in manifest["models"]]
+        rounds = int(st["rounds"])
+        threads = a.threads or int(st["threads"])
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise RunnerError(f"{a.folder / MANIFEST}: not a manifest from `hwnas profile --emit-onnx` ({e})") from None
+    if threads < 1:
+        raise RunnerError(f"{a.folder / MANIFEST}: threads {threads}; it must be 1 or more (or pass --threads)")
     provider = a.provider or st.get("provider", "cpu")
+    try:
+        providers_for(provider)
+    except (RuntimeError, ValueError) as e:
+        raise RunnerError(str(e)) from None
+    missing = [f for _, _, f in models if not (a.folder / f).is_file()]
+    if missing:
+        raise RunnerError(
+            f"{a.folder}: {len(missing)} model file(s) of the manifest are missing, e.g. {missing[0]}; copy the "
+            "whole folder `hwnas profile --emit-onnx` wrote"
+        )
     spinning = bool(st.get("spinning", False))
     out = a.out or a.folder / "times.csv"
     info_path = out.with_name(out.stem + ".info.json")
-    run = {"journal": JOURNAL, "threads": threads, "provider": provider, "rounds": int(st["rounds"]),
-           "timing": asdict(timing)}  # fmt: skip
+    run = {"journal": JOURNAL, "threads": threads, "provider": provider, "rounds": rounds, "timing": asdict(timing)}
     if read_rows(out):  # a run to resume: only one of this runner's kind with the same settings
         problem = _resume_problem(_read_json(info_path), run, out)
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 1
+            raise RunnerError(problem)
     write_json_atomic(info_path, {**run, "complete": False})  # marks the results file as this run's
 
     def loader(file: str) -> Callable[[], Timed]:
-        return lambda: OrtModel(str(a.folder / file), threads, provider, spinning=spinning)
+        def load() -> Timed:
+            try:
+                return OrtModel(str(a.folder / file), threads, provider, spinning=spinning)
+            except Exception as e:  # ONNX Runtime's load errors derive from Exception only
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise RunnerError(
+                    f"{a.folder / file}: ONNX Runtime cannot load it ({first}); copy it again from the folder "
+                    f"`hwnas profile --emit-onnx` wrote, then re-run to resume"
+                ) from None
 
-    jobs = [Job(m["name"], m["kind"], loader(m["file"])) for m in manifest["models"]]
+        return load
+
+    jobs = [Job(name, kind, loader(file)) for name, kind, file in models]
 
     def show(done: int, total: int, name: str) -> None:
         print(f"[{done}/{total}] {name}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    run_jobs(jobs, int(st["rounds"]), timing, out, show)
+    run_jobs(jobs, rounds, timing, out, show)
     info = {
         **run, "complete": True,
         "onnxruntime": ort.__version__, "numpy": np.__version__, "device": cpu_name(),
