@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -192,84 +193,123 @@ def test_standalone_runner_round_trip(tmp_path: Path) -> None:
         assert not (tmp_path / "lut2.csv").exists()
 
 
-def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def board(tmp_path: Path) -> Path:
+    """A folder ``hwnas profile --emit-onnx`` wrote for the tiny space, as copied to a board."""
     folder = tmp_path / "ops"
     emit_onnx(load_space("tiny"), fast_settings(), folder)
-    times, info = folder / "times.csv", folder / "times.info.json"
-    assert runner.main([str(folder)]) == 0
-    assert json.loads(info.read_text())["complete"] is True
+    return folder
+
+
+def _refused(capsys: pytest.CaptureFixture[str], folder: Path, args: list[str], *words: str) -> str:
+    """Run the board runner on ``folder``; assert it exits 1 with one ``error:`` line holding ``words``."""
+    capsys.readouterr()
+    assert runner.main([str(folder), *args]) == 1
+    err = capsys.readouterr().err.strip()  # progress lines ([k/n] job) may come before the error
+    last = err.splitlines()[-1]
+    assert last.startswith("error: ") and "Traceback" not in err, err
+    assert all(w in last for w in words), err
+    return last
+
+
+def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
+    board: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    times, info = board / "times.csv", board / "times.info.json"
+    assert runner.main([str(board)]) == 0
+    saved = json.loads(info.read_text())
+    assert saved["complete"] is True and saved["journal"] == runner.JOURNAL
     text = times.read_text()
-    assert runner.main([str(folder)]) == 0, "a finished run resumes with nothing left to time"
-    assert times.read_text() == text
+    assert runner.main([str(board)]) == 0, "a finished run resumes with nothing left to time"
+    assert times.read_text() == text and json.loads(info.read_text()) == saved, "and keeps its record"
 
     def refused(args: list[str], *words: str) -> None:
-        capsys.readouterr()
-        assert runner.main([str(folder), *args]) == 1
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-        assert all(w in err for w in words), err
+        before = info.read_bytes() if info.exists() else None
+        _refused(capsys, board, args, *words)
         assert times.read_text() == text, "a refused resume leaves the results as they were"
+        assert (info.read_bytes() if info.exists() else None) == before, "... and their record"
 
-    refused(["--threads", "2"], "other settings (threads)", "delete")
-    saved = json.loads(info.read_text())
+    refused(["--threads", "2"], "other settings (threads 1 then, 2 now)", "re-run with --threads 1 --provider cpu")
+    for other in ({"rounds": 5}, {"onnxruntime": "1.0.0"}, {"device": "another board"}, {"models_sha256": "0"}):
+        info.write_text(json.dumps({**saved, **other}))
+        refused([], "another manifest, onnxruntime or machine", next(iter(other)), f"delete {times}")
     for prior in ({k: v for k, v in saved.items() if k != "journal"}, {**saved, "journal": runner.JOURNAL - 1}):
         info.write_text(json.dumps(prior))  # a file an older runner began or finished
         refused([], "another version of this runner", f"delete {times}")
-    info.unlink()  # an older runner wrote its info only at the end: a half-done file of it has none
-    refused([], "another version of this runner")
-    info.write_text(json.dumps({**saved, "complete": False}))  # this runner, killed
-    with pytest.raises(HwnasError, match="the runner has not finished it"):
+    for damaged in (None, "{ torn"):  # an older runner wrote its info only at the end; or it was lost
+        info.unlink(missing_ok=True)
+        if damaged:
+            info.write_text(damaged)
+        refused([], "no readable times.info.json", f"delete {times}")
+    info.write_text(json.dumps({**saved, "threads": 2, "complete": False}))  # this runner, killed
+    with pytest.raises(HwnasError, match=r"has not finished it; run `python ort_runner.py \S+ --threads 2"):
         import_results(times, tmp_path / "lut.csv")
     info.write_text("{ torn")
-    with pytest.raises(HwnasError, match="damaged"):
+    with pytest.raises(HwnasError, match=r"damaged .*copy it again from the board"):
         import_results(times, tmp_path / "lut.csv")
     assert not (tmp_path / "lut.csv").exists()
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
 def test_the_standalone_runner_reports_bad_input_in_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    board: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "ops"
-    emit_onnx(load_space("tiny"), fast_settings(), folder)
-    manifest = json.loads((folder / runner.MANIFEST).read_text())
-    model = folder / manifest["models"][-1]["file"]
+    manifest = json.loads((board / runner.MANIFEST).read_text())
+    assert all(len(m["sha256"]) == 64 for m in manifest["models"]) and manifest["opset"] >= 17
+    assert runner.main([str(board)]) == 0
+    order = [r["name"] for r in read_rows(board / "times.csv") if r["round"] == "0" and "#" not in r["name"]]
+    (board / "times.csv").unlink()
+    (board / "times.info.json").unlink()
+    last = next(m for m in manifest["models"] if m["name"] == order[-1])  # timed last in round 0
+    model = board / last["file"]
     good = model.read_bytes()
 
-    def refused(args: list[str], *words: str) -> None:
-        capsys.readouterr()
-        assert runner.main([str(folder), *args]) == 1
-        err = capsys.readouterr().err.strip()  # progress lines ([k/n] job) may come before the error
-        last = err.splitlines()[-1]
-        assert last.startswith("error: ") and "Traceback" not in err, err
-        assert all(w in last for w in words), err
-
-    model.unlink()  # a model left behind when the folder was copied to the board
-    refused([], "1 model file(s) of the manifest are missing", model.name)
-    assert not (folder / "times.csv").exists(), "nothing is timed before the folder is complete"
-    model.write_bytes(b"not an onnx model")  # damaged on the way
-    refused([], str(model), "ONNX Runtime cannot load it")
-    kept = read_rows(folder / "times.csv")
+    model.unlink()  # left behind when the folder was copied to the board
+    _refused(capsys, board, [], "1 model file(s) of the manifest are missing", model.name)
+    model.write_bytes(good[:-100])  # cut short on the way
+    _refused(capsys, board, [], "differ from the manifest's checksums", model.name)
+    assert not (board / "times.csv").exists(), "nothing is timed before the folder is whole"
+    # a file as written that this onnxruntime cannot load (e.g. too old for its opset)
+    bad = b"not an onnx model"
+    model.write_bytes(bad)
+    last["sha256"] = hashlib.sha256(bad).hexdigest()
+    (board / runner.MANIFEST).write_text(json.dumps(manifest))
+    _refused(capsys, board, [], str(model), "cannot load or run it", "upgrade onnxruntime")
+    assert read_rows(board / "times.csv"), "the jobs timed before it are kept"
+    assert json.loads((board / "times.info.json").read_text())["complete"] is False
     model.write_bytes(good)
-    assert runner.main([str(folder)]) == 0, "the run resumes once the file is whole again"
-    rows = read_rows(folder / "times.csv")
-    assert rows[: len(kept)] == kept and len(rows) > len(kept)
+    last["sha256"] = hashlib.sha256(good).hexdigest()
+    (board / runner.MANIFEST).write_text(json.dumps(manifest))
+
+    for arg, words in (("0", "must be 1 or more"), ("two", "must be a whole number")):
+        with pytest.raises(SystemExit) as exit_:
+            runner.main([str(board), "--threads", arg])
+        assert exit_.value.code == 2 and words in capsys.readouterr().err
+    (board / "a-folder").mkdir()
+    _refused(capsys, board, ["--out", str(board / "a-folder")], "a-folder", "check the --out path")
     if "CUDAExecutionProvider" not in runner.ort.get_available_providers():
-        refused(["--provider", "cuda"], "CUDAExecutionProvider")
-    with pytest.raises(SystemExit) as exit_:
-        runner.main([str(folder), "--threads", "0"])
-    assert exit_.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
-    (folder / runner.MANIFEST).write_text(json.dumps({**manifest, "models": [{"name": "op:x"}]}))
-    refused([], "not a manifest from `hwnas profile --emit-onnx`")
+        _refused(capsys, board, ["--provider", "cuda", "--out", str(board / "cuda.csv")], "CUDAExecutionProvider")
+        # an onnxruntime-gpu whose CUDA libraries are missing: ORT falls back to the CPU with a warning
+        monkeypatch.setattr(runner, "providers_for", lambda p: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        _refused(capsys, board, ["--provider", "cuda", "--out", str(board / "cuda.csv")], "fell back to the CPU")
+        monkeypatch.undo()
+    (board / runner.MANIFEST).write_text(json.dumps({**manifest, "settings": {**manifest["settings"], "threads": 0}}))
+    _refused(capsys, board, ["--out", str(board / "t0.csv")], "threads 0; it must be 1 or more")
+    (board / runner.MANIFEST).write_text(json.dumps({**manifest, "models": [{"name": "op:x"}]}))
+    _refused(capsys, board, [], "not a manifest from `hwnas profile --emit-onnx`")
 
 
-def test_cuda_without_gpu_is_one_clear_error(tmp_path: Path) -> None:
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider' is not in available")
+def test_cuda_without_gpu_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(HwnasError, match="no CUDA GPU"):
         profile(load_space("tiny"), fast_settings(backend="torch", device="cuda"), tmp_path / "x.csv")
     with pytest.raises(HwnasError, match="CUDAExecutionProvider"):
+        profile(load_space("tiny"), fast_settings(device="cuda"), tmp_path / "x.csv")
+    # onnxruntime-gpu without its CUDA libraries: ORT falls back to the CPU with only a warning
+    monkeypatch.setattr(runner, "providers_for", lambda p: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(HwnasError, match="fell back to the CPU"):
         profile(load_space("tiny"), fast_settings(device="cuda"), tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
 

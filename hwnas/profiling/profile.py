@@ -176,10 +176,22 @@ def check_target(s: ProfileSettings) -> None:
 
             check_device("cuda")
         else:
-            try:
-                runner.providers_for("cuda")
-            except RuntimeError as e:
+            try:  # a session, not just the provider list: ORT falls back to the CPU if CUDA cannot start
+                runner.open_session(_identity_onnx(), runner.session_options(1), "cuda")
+            except runner.ProviderError as e:
                 raise HwnasError(f"--device cuda --backend onnxruntime: {e}") from None
+
+
+def _identity_onnx() -> bytes:
+    """The smallest ONNX model (y = x, one float): enough to open a session on a provider."""
+    import onnx.helper as oh
+    from onnx import TensorProto
+
+    from hwnas.onnx_io import OPSET
+
+    io = [oh.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = oh.make_graph([oh.make_node("Identity", ["x"], ["y"])], "identity", io[:1], io[1:])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", OPSET)]).SerializeToString()
 
 
 def device_name(s: ProfileSettings) -> str:
@@ -487,15 +499,18 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
             old = json.loads(state_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             old = None
-        if isinstance(old, dict) and old.get("journal") != runner.JOURNAL:
+        diff = runner.differing(old if isinstance(old, dict) else None, state)
+        if diff is None:
+            raise HwnasError(f"{state_file} is unreadable; delete {work_dir} to start over")
+        if diff[:1] == ["journal"]:
             raise HwnasError(
-                f"{work_dir} holds an interrupted profile from another hwnas version, which read block "
+                f"{work_dir} holds an interrupted profile from another hwnas version, which may have read block "
                 f"times differently; delete {work_dir} to start over"
             )
-        if old != state:
+        if diff:
             raise HwnasError(
-                f"{work_dir} holds an interrupted profile with other settings; re-run it with the same options "
-                f"to resume, or delete {work_dir} to start over"
+                f"{work_dir} holds an interrupted profile with other settings (its {' and '.join(diff)}); re-run it "
+                f"with the same options to resume, or delete {work_dir} to start over"
             )
     resumed = (work_dir / "results.csv").exists()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -521,22 +536,24 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
 
 def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
     """Write the per-op models, the probe networks and ``manifest.json`` for ``ort_runner.py``."""
-    from hwnas.onnx_io import export_onnx
+    from hwnas.onnx_io import OPSET, export_onnx
 
     if s.backend != "onnxruntime":
         raise HwnasError("--emit-onnx writes ONNX models for ONNX Runtime; use --backend onnxruntime")
     folder.mkdir(parents=True, exist_ok=True)
     work = plan_work(space, s)
     models = []
+
+    def add(name: str, kind: str, file: str, data: bytes) -> None:
+        runner.atomic_write(folder / file, data)
+        models.append({"name": name, "kind": kind, "file": file, "sha256": hashlib.sha256(data).hexdigest()})
+
     for i, (name, call) in enumerate(work.ops.items()):
-        f = f"op_{i:04d}.onnx"
-        runner.atomic_write(folder / f, export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
-        models.append({"name": name, "kind": "op", "file": f})
+        add(name, "op", f"op_{i:04d}.onnx", export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
     for i, (name, arch) in enumerate(work.nets.items()):
-        f = f"net_{i:04d}.onnx"
-        runner.atomic_write(folder / f, export_onnx(arch.build(), [arch.input], s.batch))
-        models.append({"name": name, "kind": "net", "file": f})
+        add(name, "net", f"net_{i:04d}.onnx", export_onnx(arch.build(), [arch.input], s.batch))
     manifest = {
+        "opset": OPSET,  # checksums (sha256) and opset let the board tell a damaged copy from an old onnxruntime
         "settings": {
             "threads": s.threads,
             "provider": s.device,
@@ -585,14 +602,14 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
         info = None
     if not isinstance(info, dict):
         raise HwnasError(
-            f"{info_path}: damaged (not the JSON object the runner writes); delete it to import {times_csv} "
-            "with the manifest's settings"
+            f"{info_path}: damaged (not the JSON object the runner writes whole); copy it again from the board "
+            "(without it the LUT could not say which threads, device or onnxruntime timed it)"
         )
     if info.get("complete") is False:
-        raise HwnasError(
-            f"{times_csv}: the runner has not finished it; run `python ort_runner.py {folder}` on the target "
-            "again to finish it (it resumes), then import"
-        )
+        again = f"python ort_runner.py {folder} --threads {info.get('threads')} --provider {info.get('provider')}"
+        if times_csv != folder / "times.csv":
+            again += f" --out {times_csv}"
+        raise HwnasError(f"{times_csv}: the runner has not finished it; run `{again}` on the target to finish it")
     s = ProfileSettings(**{**asdict(s), "threads": int(info.get("threads", s.threads)), "timing": s.timing})
     extra = {
         "device": info.get("device", "unknown (no .info.json beside the results)"),

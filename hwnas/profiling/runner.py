@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -99,11 +100,17 @@ def time_runs(step: Callable[[], float], s: TimingSettings) -> list[float]:
         n += 1
     samples: list[float] = []
     total = 0.0
-    while len(samples) < s.max_runs and (len(samples) < s.min_runs or total < s.target_ms):
+    while not measured_enough(len(samples), total, s):
         ms = step()
         samples.append(ms)
         total += ms
     return samples
+
+
+def measured_enough(runs: int, total_ms: float, s: TimingSettings) -> bool:
+    """``runs`` runs taking ``total_ms`` in all are what ``s`` asks a measurement for: at least
+    ``min_runs`` runs and ``target_ms``, or ``max_runs`` runs."""
+    return runs >= s.max_runs or (runs >= s.min_runs and total_ms >= s.target_ms)
 
 
 def cpu_step(fn: Callable[[], object]) -> Callable[[], float]:
@@ -178,17 +185,35 @@ def ort_settings(spinning: bool) -> dict[str, object]:
     }
 
 
+class ProviderError(RuntimeError):
+    """ONNX Runtime cannot run a session on the execution provider asked for."""
+
+
 def providers_for(provider: str) -> list[str]:
-    """``cpu`` -> the CPU execution provider; ``cuda`` -> CUDA EP (CPU EP for what it lacks)."""
+    """``cpu`` -> the CPU execution provider; ``cuda`` -> CUDA EP (CPU EP for what it lacks).
+    Raises :class:`ProviderError` if this onnxruntime has no CUDA EP."""
     if provider == "cpu":
         return ["CPUExecutionProvider"]
     if provider == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
+            raise ProviderError(
                 "onnxruntime has no CUDAExecutionProvider here; on a CUDA machine install onnxruntime-gpu"
             )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     raise ValueError(f"unknown provider {provider!r}; expected cpu or cuda")
+
+
+def open_session(model: bytes | str, so: ort.SessionOptions, provider: str) -> ort.InferenceSession:
+    """An ORT session of ``model`` on ``provider``. ONNX Runtime falls back to the CPU, with only a
+    warning, when its CUDA provider cannot start (missing CUDA or cuDNN libraries): that would time
+    the CPU under the name of the GPU, so it raises :class:`ProviderError` instead."""
+    sess = ort.InferenceSession(model, so, providers=providers_for(provider))
+    if provider == "cuda" and sess.get_providers()[0] != "CUDAExecutionProvider":
+        raise ProviderError(
+            "onnxruntime could not start its CUDA provider here (it fell back to the CPU); install the CUDA and "
+            "cuDNN libraries this onnxruntime-gpu was built for"
+        )
+    return sess
 
 
 class OrtModel:
@@ -198,7 +223,7 @@ class OrtModel:
         self, model: bytes | str, threads: int, provider: str = "cpu", seed: int = 0, spinning: bool = False
     ) -> None:
         self.model, self.threads, self.provider, self.spinning = model, threads, provider, spinning
-        self.sess = ort.InferenceSession(model, session_options(threads, spinning), providers=providers_for(provider))
+        self.sess = open_session(model, session_options(threads, spinning), provider)
         self.io, self._keep = self._bind(self.sess, seed)
         self.kernels: dict[int, int] = {}  # per block, the kernels ORT ran for it (set by node_times)
 
@@ -235,7 +260,7 @@ class OrtModel:
         sets ``kernels``, how many kernels (profiled nodes) each block ran as."""
         with tempfile.TemporaryDirectory() as tmp:
             so = session_options(self.threads, self.spinning, os.path.join(tmp, "prof"))
-            sess = ort.InferenceSession(self.model, so, providers=providers_for(self.provider))
+            sess = open_session(self.model, so, self.provider)
             io, _keep = self._bind(sess, 0)
             warm = max(s.min_warmup_runs, 5)
             for _ in range(warm + s.profile_runs):
@@ -616,10 +641,33 @@ class RunnerError(Exception):
 
 
 def _positive(text: str) -> int:
-    n = int(text)
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more, got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {n}")
     return n
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def differing(prior: dict | None, now: dict) -> list[str] | None:
+    """The keys of ``now`` whose values ``prior`` (what an interrupted run recorded when it began)
+    does not share, ``journal`` first; None when there is no ``prior`` to compare (missing or
+    unreadable). A run is resumed only when this is empty: rows of another journal kind or other
+    settings would mix with ours in one LUT."""
+    if prior is None:
+        return None
+    keys = [k for k in now if prior.get(k) != now[k]]
+    return sorted(keys, key=lambda k: k != "journal")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -634,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunnerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an --out in a missing or read-only folder, a full disk, ...
+        print(f"error: {e.filename or ''}: {e.strerror or e}; check the --out path and its folder", file=sys.stderr)
+        return 1
 
 
 def _run(a: argparse.Namespace) -> int:
@@ -641,30 +692,30 @@ def _run(a: argparse.Namespace) -> int:
         manifest = json.loads((a.folder / MANIFEST).read_text())
         st = manifest["settings"]
         timing = TimingSettings(**st["timing"])
-        models = [(str(m["name"]), str(m["kind"]), str(m["file"])) for m in manifest["models"]]
+        models = [(str(m["name"]), str(m["kind"]), str(m["file"]), m.get("sha256")) for m in manifest["models"]]
         rounds = int(st["rounds"])
         threads = a.threads or int(st["threads"])
-    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
         raise RunnerError(f"{a.folder / MANIFEST}: not a manifest from `hwnas profile --emit-onnx` ({e})") from None
     if threads < 1:
         raise RunnerError(f"{a.folder / MANIFEST}: threads {threads}; it must be 1 or more (or pass --threads)")
     provider = a.provider or st.get("provider", "cpu")
     try:
         providers_for(provider)
-    except (RuntimeError, ValueError) as e:
+    except (ProviderError, ValueError) as e:
         raise RunnerError(str(e)) from None
-    missing = [f for _, _, f in models if not (a.folder / f).is_file()]
-    if missing:
-        raise RunnerError(
-            f"{a.folder}: {len(missing)} model file(s) of the manifest are missing, e.g. {missing[0]}; copy the "
-            "whole folder `hwnas profile --emit-onnx` wrote"
-        )
+    _check_models(a.folder, [(f, sha) for _, _, f, sha in models])
     spinning = bool(st.get("spinning", False))
     out = a.out or a.folder / "times.csv"
     info_path = out.with_name(out.stem + ".info.json")
-    run = {"journal": JOURNAL, "threads": threads, "provider": provider, "rounds": rounds, "timing": asdict(timing)}
+    models_sha = hashlib.sha256(json.dumps(manifest["models"], sort_keys=True).encode()).hexdigest()
+    run = {
+        "journal": JOURNAL, "threads": threads, "provider": provider, "rounds": rounds, "timing": asdict(timing),
+        "spinning": spinning, "onnxruntime": ort.__version__, "device": cpu_name(), "models_sha256": models_sha,
+    }  # fmt: skip
+    prior = _read_json(info_path) if info_path.exists() else None
     if read_rows(out):  # a run to resume: only one of this runner's kind with the same settings
-        problem = _resume_problem(_read_json(info_path), run, out)
+        problem = _resume_problem(prior, run, out, info_path)
         if problem:
             raise RunnerError(problem)
     write_json_atomic(info_path, {**run, "complete": False})  # marks the results file as this run's
@@ -673,59 +724,96 @@ def _run(a: argparse.Namespace) -> int:
         def load() -> Timed:
             try:
                 return OrtModel(str(a.folder / file), threads, provider, spinning=spinning)
+            except ProviderError as e:
+                raise RunnerError(str(e)) from None
             except Exception as e:  # ONNX Runtime's load errors derive from Exception only
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise RunnerError(
-                    f"{a.folder / file}: ONNX Runtime cannot load it ({first}); copy it again from the folder "
-                    f"`hwnas profile --emit-onnx` wrote, then re-run to resume"
+                    f"{a.folder / file}: onnxruntime {ort.__version__} cannot load or run it ({first}); the file "
+                    f"is as written, so this onnxruntime is too old for the models (ONNX opset "
+                    f"{manifest.get('opset', 'of the manifest')}) or lacks an op: upgrade onnxruntime, then delete "
+                    f"{out} and run again (timings of two onnxruntime versions do not mix)"
                 ) from None
 
         return load
 
-    jobs = [Job(name, kind, loader(file)) for name, kind, file in models]
+    jobs = [Job(name, kind, loader(file)) for name, kind, file, _ in models]
 
     def show(done: int, total: int, name: str) -> None:
         print(f"[{done}/{total}] {name}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    run_jobs(jobs, rounds, timing, out, show)
-    info = {
-        **run, "complete": True,
-        "onnxruntime": ort.__version__, "numpy": np.__version__, "device": cpu_name(),
-        "ort_settings": ort_settings(spinning), "seconds": round(time.perf_counter() - t0, 1),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "runner": "ort_runner.py",
-    }  # fmt: skip
+    timed = run_jobs(jobs, rounds, timing, out, show)
+    if not timed and prior and prior.get("complete") and not differing(prior, run):
+        info = prior  # a finished run asked again: nothing timed, its record stays as it was
+    else:
+        info = {
+            **run, "complete": True, "ort_settings": ort_settings(spinning),
+            "seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "numpy": np.__version__, "runner": "ort_runner.py",
+        }  # fmt: skip
     write_json_atomic(info_path, info)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
-def _read_json(path: Path) -> dict:
-    """``path``'s JSON object, or ``{}`` if it is missing or not a JSON object."""
+def _check_models(folder: Path, files: list[tuple[str, str | None]]) -> None:
+    """Refuse, before timing anything, a folder whose model files are missing or differ from the
+    manifest's checksums (manifests from before checksums were written are checked for presence)."""
+    missing = [f for f, _ in files if not (folder / f).is_file()]
+    if missing:
+        raise RunnerError(
+            f"{folder}: {len(missing)} model file(s) of the manifest are missing, e.g. {missing[0]}; copy the "
+            "whole folder `hwnas profile --emit-onnx` wrote"
+        )
+    damaged = [f for f, sha in files if sha and sha256_file(folder / f) != sha]
+    if damaged:
+        raise RunnerError(
+            f"{folder}: {len(damaged)} model file(s) differ from the manifest's checksums (damaged on the way?), "
+            f"e.g. {damaged[0]}; copy the whole folder `hwnas profile --emit-onnx` wrote again"
+        )
+
+
+def _read_json(path: Path) -> dict | None:
+    """``path``'s JSON object, or None if it is missing or not a JSON object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return data if isinstance(data, dict) else None
 
 
-def _resume_problem(prior: dict, run: dict, out: Path) -> str | None:
-    """Why the results ``out``, recorded under ``prior`` (their ``.info.json``), must not be
-    resumed by ``run`` (this runner and its settings), in one line; None if they may. A file an
-    older runner began (no ``journal`` in its info; an older runner wrote the info only at the
-    end) read block times differently: its rows and ours would mix in one LUT."""
-    if prior.get("journal") != run["journal"]:
+def _resume_problem(prior: dict | None, run: dict, out: Path, info_path: Path) -> str | None:
+    """Why the results ``out``, begun under ``prior`` (their ``.info.json``), must not be resumed by
+    ``run`` (this runner and its settings), in one line with what to do; None if they may."""
+    diff = differing(prior, run)
+    if diff is None:
         return (
-            f"{out} holds timings from another version of this runner, which read block times "
+            f"{out} has no readable {info_path.name} beside it (a runner from before 3 December 2026 wrote it only "
+            f"at the end, or it was lost), so these timings cannot be told from another runner's; delete {out} to "
+            "time the models again (a finished file can be imported as it is)"
+        )
+    if not diff:
+        return None
+    if diff[0] == "journal":
+        return (
+            f"{out} holds timings from another version of this runner, which may have read block times "
             f"differently; delete {out} to time the models again"
         )
-    other = [k for k in run if prior.get(k) != run[k]]
-    if other:
+    assert prior is not None
+    then = ", ".join(
+        f"{k} {prior.get(k)} then, {run[k]} now" if k in ("threads", "provider", "rounds") else k for k in diff
+    )
+    if set(diff) <= {"threads", "provider"}:
+        again = f"--threads {prior.get('threads')} --provider {prior.get('provider')}"
         return (
-            f"{out} holds timings taken with other settings ({', '.join(other)}); re-run with the same "
-            f"options to resume, or delete {out} to start over"
+            f"{out} holds timings taken with other settings ({then}); re-run with {again} to resume, or delete "
+            f"{out} to start over"
         )
-    return None
+    return (
+        f"{out} holds timings begun with another manifest, onnxruntime or machine ({then}); delete {out} to start "
+        "over, or time on the machine and with the folder that began it"
+    )
 
 
 if __name__ == "__main__":
