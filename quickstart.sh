@@ -24,5 +24,5 @@ hwnas predict "$RUN/arch.json" --lut "$LUT"
 hwnas train "$RUN/arch.json" --epochs 2 --limit 10000 --test-limit 5000 --force
 hwnas export "$RUN/arch.json" --weights "$RUN/train/best.pt" -o "$RUN/model.onnx" --lut "$LUT" --rounds 5 --force
 hwnas measure "$RUN/arch.json" --lut "$LUT" --json > "$RUN/measure.json"
-hwnas validate-lut --lut "$LUT" --nets 20 --json "$RUN/fidelity.json"
+hwnas validate-lut --lut "$LUT" --nets 20 --json "$RUN/fidelity.json" --force
 hwnas report "$RUN"

@@ -78,6 +78,16 @@ def user_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted; finished work is kept (re-run the same command to resume)", highlight=False)
             raise typer.Exit(130) from None
+        except OSError as e:  # a path the user gave: missing, a folder, read-only, a full disk, an unreadable image
+            if _state["debug"]:
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            err.print(
+                f"[bold red]error:[/] {escape(where + (e.strerror or str(e)))}; check the path, its folder and "
+                "its permissions (--debug shows where)",
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -210,7 +220,7 @@ def profile(
     import_csv: Annotated[
         Path | None, typer.Option("--import", help="Turn ort_runner.py's times.csv (beside its manifest) into a LUT.")
     ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing LUT.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing LUT (or an --emit-onnx folder's models).")] = False,
 ) -> None:
     """Measure a latency table (LUT) for every op a space can ask for, on this machine.
 
@@ -237,6 +247,13 @@ def profile(
         return
     sp = _load_space(space, input_size, width_mult, in_channels, num_classes)
     if emit_onnx is not None:
+        if emit_onnx.exists() and not emit_onnx.is_dir():
+            raise UsageError(f"--emit-onnx {emit_onnx} is a file; --emit-onnx takes the folder to write")
+        if (emit_onnx / "manifest.json").exists() and not force:
+            raise UsageError(
+                f"{emit_onnx} already holds models and a manifest (a board's times.csv may rely on them); pass "
+                "--force to overwrite them or choose another --emit-onnx folder"
+            )
         n = emit(sp, s, emit_onnx)
         out.print(
             f"wrote {n} ONNX models and manifest.json to {emit_onnx}\n"
@@ -320,9 +337,12 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     def bad(key: str, value: Any, want: str) -> UsageError:
         return UsageError(f"--target {path}: {key} must be {want}, got {value!r}")
 
-    for key, lo in (("threads", 1), ("batch", 1), ("rounds", 1), ("calib_nets", 0), ("seed", 0)):
+    for key, lo, hi in (("threads", 1, 256), ("batch", 1, 4096), ("rounds", 1, 50), ("calib_nets", 0, 500),
+                        ("seed", 0, None)):  # fmt: skip  # the bounds of the command-line options
         if key in raw and not is_int(raw[key], lo):
             raise bad(key, raw[key], f"an integer >= {lo}")
+        if key in raw and hi is not None and raw[key] > hi:
+            raise bad(key, raw[key], f"an integer <= {hi}")
     for key in ("backend", "device", "reading"):
         if key in raw and not isinstance(raw[key], str):
             raise bad(key, raw[key], "a string")
@@ -338,8 +358,9 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     for key, v in timing.items():
         if key not in known:
             raise UsageError(f"--target {path}: unknown field timing.{key}; allowed: {', '.join(sorted(known))}")
-        if key in counts and not is_int(v, 0):
-            raise bad(f"timing.{key}", v, "a whole number >= 0")
+        least = 1 if key in ("min_runs", "max_runs", "profile_runs") else 0  # a reading needs a run
+        if key in counts and not is_int(v, least):
+            raise bad(f"timing.{key}", v, f"a whole number >= {least}")
         if key not in counts and not (is_number(v) and v >= 0):
             raise bad(f"timing.{key}", v, "a number >= 0")
 
@@ -482,8 +503,11 @@ def measure(
             fix = "measure it without --lut, or pass the arch JSON"
             pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
         # a dynamic batch axis is timed at the settings' batch
-        with timing_copy(model, s.batch) as timed, progress_bar("measure") as update:
-            (ms,), drift = measure_beside([onnx_loader(timed, s)], refs, s, update)
+        with timing_copy(model, s.batch) as timed:
+            load = onnx_loader(timed, s, shown=model)
+            load()  # a file ONNX Runtime cannot load is one line now, not under a progress bar
+            with progress_bar("measure") as update:
+                (ms,), drift = measure_beside([load], refs, s, update)
     else:
         a = _arch_or_onnx(model)
         pred = table.predict(a).total_ms if table else None
@@ -651,6 +675,7 @@ def validate_lut(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report and per-net figures as JSON here.")
     ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
 ) -> None:
     """Fidelity report: N random networks, measured end to end vs predicted by the LUT.
 
@@ -660,7 +685,9 @@ def validate_lut(
     from hwnas.measure import VALIDATION_ROUNDS, device_note, fidelity, settings_from_lut
 
     if json_out:
-        check_out_path(json_out, True, "--json")  # before minutes of measuring; the report replaces it
+        if json_out.resolve() in {lut.resolve(), lut.with_suffix(".meta.json").resolve()}:
+            raise UsageError(f"--json {json_out} is the LUT itself; name another file for the report")
+        check_out_path(json_out, force, "--json")  # before minutes of measuring
     table = LUT.load(lut)
     m = table.meta
     sp = _load_space(
@@ -1003,6 +1030,8 @@ def report(
     """
     from hwnas.report import build_report
 
+    if out_path is not None and not out_path.is_dir() and out_path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"-o {out_path}: the report is one HTML file; name one ending in .html (PNGs go beside it)")
     r = build_report(run_dir, out_path)
     out.print(f"wrote {r.html} ({len(r.images)} pictures embedded, PNGs beside it)", highlight=False)
     for line in (*r.problems, *r.notes):

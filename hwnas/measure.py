@@ -120,11 +120,27 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     return {"mean_diff_pct": float(d.mean()), "max_diff_pct": float(d.max()), "spearman": rho}
 
 
-def onnx_loader(path: Path, s: ProfileSettings) -> Callable[[], Timed]:
-    """What times an ONNX file with ONNX Runtime under the settings ``s`` (a fresh session per call)."""
+def onnx_loader(path: Path, s: ProfileSettings, shown: Path | None = None) -> Callable[[], Timed]:
+    """What times an ONNX file with ONNX Runtime under the settings ``s`` (a fresh session per call).
+    A file ONNX Runtime cannot load or run (not ONNX, an op or input type it lacks) raises
+    :class:`HwnasError` naming ``shown`` (default ``path``; e.g. the user's file for a timing copy)."""
+    name = shown or path
     if s.backend != "onnxruntime":
-        raise HwnasError(f"{path}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
-    return lambda: runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning)
+        raise HwnasError(f"{name}: an ONNX file is measured with --backend onnxruntime, not {s.backend}")
+
+    def load() -> Timed:
+        try:
+            return runner.OrtModel(str(path), s.threads, s.device, spinning=s.ort_spinning)
+        except runner.ProviderError:
+            raise
+        except Exception as e:  # ONNX Runtime's load and run errors derive from Exception only
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise HwnasError(
+                f"{name}: ONNX Runtime cannot load or run it ({first}); measure a float-input model "
+                "`hwnas export` wrote"
+            ) from None
+
+    return load
 
 
 def measure_beside(

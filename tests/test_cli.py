@@ -74,6 +74,8 @@ def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) ->
     assert len(doc["measured_ms"]) == 4 and 0 <= doc["within_10pct"] <= 1
     assert "repeatability" not in doc and "repeatability" not in res.output  # one round: nothing to compare
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2", "--json", report)
+    assert res.exit_code == 2 and "exists; pass --force" in res.output, "an earlier report is kept"
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2", "--json", report, "--force")
     assert res.exit_code == 0 and "repeatability" in res.output and "Spearman" in res.output, res.output
     rep = json.loads(report.read_text())["repeatability"]
     assert rep["mean_diff_pct"] >= 0 and rep["max_diff_pct"] >= rep["mean_diff_pct"]
@@ -81,6 +83,9 @@ def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) ->
     # a --json that cannot be written is refused before any network is measured
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--json", tmp_path)
     assert res.exit_code == 2 and "is a directory" in res.output and "MAPE" not in res.output
+    lut_bytes = tiny_lut_path.read_bytes()
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--json", tiny_lut_path, "--force")
+    assert res.exit_code == 2 and "is the LUT itself" in res.output and tiny_lut_path.read_bytes() == lut_bytes
 
 
 def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,6 +172,46 @@ def test_emit_and_import(tmp_path: Path, fast_target: Path) -> None:
     assert res.exit_code == 0 and "ort_runner.py" in res.output, res.output
     res = run("profile", "--import", folder / "times.csv", "--out", tmp_path / "x.csv")
     assert "ort_runner.py" in one_line_error(res)
+    manifest = (folder / "manifest.json").read_bytes()
+    res = run("profile", "--space", "tiny_darts", "--target", fast_target, "--emit-onnx", folder)
+    assert "already holds models and a manifest" in one_line_error(res, 2), "a board's times.csv may rely on them"
+    assert (folder / "manifest.json").read_bytes() == manifest
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--emit-onnx", folder / "manifest.json")
+    assert "is a file" in one_line_error(res, 2)
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--emit-onnx", folder, "--force")
+    assert res.exit_code == 0, res.output
+
+
+def test_paths_that_cannot_be_written_or_read_are_one_line(tmp_path: Path, samples: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    res = run("sample", "--space", "tiny", "--n", "1", "--out", a_file)  # an --out that is a file, not a folder
+    assert "a-file" in one_line_error(res) and a_file.read_text() == "x"
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    res = run("measure", empty, "--rounds", "1")
+    assert "ONNX Runtime cannot load or run it" in one_line_error(res)
+
+
+def test_report_out_must_be_html(samples: Path, tmp_path: Path) -> None:
+    arch = samples / "arch_000.json"
+    before = arch.read_bytes()
+    res = run("report", samples, "-o", arch)
+    assert "ending in .html" in one_line_error(res, 2) and arch.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [("[timing]\nprofile_runs = 0", "timing.profile_runs must be a whole number >= 1"),
+     ("[timing]\nmax_runs = 0", "timing.max_runs must be a whole number >= 1"),
+     ("batch = 100000", "batch must be an integer <= 4096")],
+)  # fmt: skip
+def test_a_target_profile_keeps_the_command_line_bounds(tmp_path: Path, line: str, words: str) -> None:
+    target = tmp_path / "t.toml"
+    target.write_text(line + "\n")
+    res = run("profile", "--space", "tiny", "--target", target, "--out", tmp_path / "x.csv")
+    assert words in one_line_error(res, 2)
+    assert not (tmp_path / "x.csv.work").exists()
 
 
 # -- bad input ------------------------------------------------------------------------------
@@ -246,7 +291,7 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         ("not toml", "not valid TOML"),
         ("unknown field", "unknown field(s) speed"),
         ("bool threads", "threads must be an integer >= 1, got True"),
-        ("fractional runs", "timing.min_runs must be a whole number >= 0, got 2.5"),
+        ("fractional runs", "timing.min_runs must be a whole number >= 1, got 2.5"),
         ("unknown reading", "reading must be one of p10, median, got 'mean'"),
         ("number reading", "reading must be a string, got 10"),
     ],

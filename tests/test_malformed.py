@@ -269,7 +269,7 @@ def bad_lut(tmp_path: Path) -> Path:
 def test_validate_lut_keeps_an_existing_report(bad_lut: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     report.write_bytes(b'{"mape_pct": 1.5}\n')
-    res = runner.invoke(app, ["validate-lut", "--lut", str(bad_lut), "--nets", "3", "--json", str(report)])
+    res = runner.invoke(app, ["validate-lut", "--lut", str(bad_lut), "--nets", "3", "--json", str(report), "--force"])
     assert res.exit_code == 1 and "cut off" in res.stderr, res.output
     assert report.read_bytes() == b'{"mape_pct": 1.5}\n'
 
