@@ -258,6 +258,17 @@ def _check_meta(meta: dict[str, Any], mp: Path) -> None:
     model = meta["model"]
     if not (isinstance(model, dict) and is_number(model.get("scale")) and is_number(model.get("overhead_ms"))):
         raise LutError(f"{mp}: field 'model' needs finite 'scale' and 'overhead_ms'")
+    if model["scale"] <= 0:
+        raise LutError(f"{mp}: field 'model' needs a 'scale' above 0, got {model['scale']!r}; rebuild the LUT")
+    nets = model.get("nets", [])
+    if not (
+        isinstance(nets, list)
+        and all(isinstance(n, dict) and isinstance(n.get("name"), str) for n in nets)
+        and all(is_number(n.get("measured_ms")) and n["measured_ms"] > 0 for n in nets)
+    ):
+        raise LutError(
+            f"{mp}: 'model.nets' must be a list of networks with a name and a measured_ms above 0; rebuild the LUT"
+        )
     timing = meta.get("timing", {})
     known = {f.name for f in fields(TimingSettings)}
     if not (isinstance(timing, dict) and set(timing) <= known and all(is_number(v) for v in timing.values())):
