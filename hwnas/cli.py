@@ -681,11 +681,11 @@ def validate_lut(
 
     Example: hwnas validate-lut --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv --nets 50
     """
-    from hwnas.lut import LUT, atomic_write
+    from hwnas.lut import LUT, atomic_write, meta_path
     from hwnas.measure import VALIDATION_ROUNDS, device_note, fidelity, settings_from_lut
 
     if json_out:
-        if json_out.resolve() in {lut.resolve(), lut.with_suffix(".meta.json").resolve()}:
+        if json_out.resolve() in {lut.resolve(), meta_path(lut).resolve()}:
             raise UsageError(f"--json {json_out} is the LUT itself; name another file for the report")
         check_out_path(json_out, force, "--json")  # before minutes of measuring
     table = LUT.load(lut)

@@ -134,9 +134,8 @@ def onnx_loader(path: Path, s: ProfileSettings, shown: Path | None = None) -> Ca
         except runner.ProviderError:
             raise
         except Exception as e:  # ONNX Runtime's load and run errors derive from Exception only
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise HwnasError(
-                f"{name}: ONNX Runtime cannot load or run it ({first}); measure a float-input model "
+                f"{name}: ONNX Runtime cannot load or run it ({runner.first_line(e)}); measure a float-input model "
                 "`hwnas export` wrote"
             ) from None
 

@@ -203,6 +203,12 @@ def providers_for(provider: str) -> list[str]:
     raise ValueError(f"unknown provider {provider!r}; expected cpu or cuda")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (ONNX Runtime's can run to many), or its type."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def open_session(model: bytes | str, so: ort.SessionOptions, provider: str) -> ort.InferenceSession:
     """An ORT session of ``model`` on ``provider``. ONNX Runtime falls back to the CPU, with only a
     warning, when its CUDA provider cannot start (missing CUDA or cuDNN libraries): that would time
@@ -727,10 +733,9 @@ def _run(a: argparse.Namespace) -> int:
             except ProviderError as e:
                 raise RunnerError(str(e)) from None
             except Exception as e:  # ONNX Runtime's load errors derive from Exception only
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise RunnerError(
-                    f"{a.folder / file}: onnxruntime {ort.__version__} cannot load or run it ({first}); the file "
-                    f"is as written, so this onnxruntime is too old for the models (ONNX opset "
+                    f"{a.folder / file}: onnxruntime {ort.__version__} cannot load or run it ({first_line(e)}); the "
+                    f"file is as written, so this onnxruntime is too old for the models (ONNX opset "
                     f"{manifest.get('opset', 'of the manifest')}) or lacks an op: upgrade onnxruntime, then delete "
                     f"{out} and run again (timings of two onnxruntime versions do not mix)"
                 ) from None
