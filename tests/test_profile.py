@@ -127,6 +127,10 @@ def test_a_journal_of_an_older_hwnas_is_not_resumed(tmp_path: Path) -> None:
     with pytest.raises(HwnasError, match=r"from another hwnas version.*delete"):
         profile(sp, fast_settings(), out)
     assert state.exists() and not out.exists()
+    state.write_text("{ torn")  # damaged: nothing says what the journal holds
+    with pytest.raises(HwnasError, match=r"state.json is unreadable; delete"):
+        profile(sp, fast_settings(), out)
+    assert state.exists() and not out.exists()
 
 
 def test_hard_kill_then_resume(tmp_path: Path, fast_target: Path) -> None:

@@ -495,11 +495,7 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     state = {"space": space_meta(space), "settings": s.to_dict(), "journal": runner.JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
-        try:
-            old = json.loads(state_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            old = None
-        diff = runner.differing(old if isinstance(old, dict) else None, state)
+        diff = runner.differing(runner.read_json_object(state_file), state)
         if diff is None:
             raise HwnasError(f"{state_file} is unreadable; delete {work_dir} to start over")
         if diff[:1] == ["journal"]:
@@ -596,11 +592,8 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
     if not times_csv.exists():
         raise HwnasError(f"{times_csv}: no such file; run `python ort_runner.py {folder}` on the target first")
     info_path = times_csv.with_name(times_csv.stem + ".info.json")
-    try:
-        info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        info = None
-    if not isinstance(info, dict):
+    info = runner.read_json_object(info_path) if info_path.exists() else {}
+    if info is None:
         raise HwnasError(
             f"{info_path}: damaged (not the JSON object the runner writes whole); copy it again from the board "
             "(without it the LUT could not say which threads, device or onnxruntime timed it)"

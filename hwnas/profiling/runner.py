@@ -719,7 +719,7 @@ def _run(a: argparse.Namespace) -> int:
         "journal": JOURNAL, "threads": threads, "provider": provider, "rounds": rounds, "timing": asdict(timing),
         "spinning": spinning, "onnxruntime": ort.__version__, "device": cpu_name(), "models_sha256": models_sha,
     }  # fmt: skip
-    prior = _read_json(info_path) if info_path.exists() else None
+    prior = read_json_object(info_path) if info_path.exists() else None
     if read_rows(out):  # a run to resume: only one of this runner's kind with the same settings
         problem = _resume_problem(prior, run, out, info_path)
         if problem:
@@ -779,8 +779,9 @@ def _check_models(folder: Path, files: list[tuple[str, str | None]]) -> None:
         )
 
 
-def _read_json(path: Path) -> dict | None:
-    """``path``'s JSON object, or None if it is missing or not a JSON object."""
+def read_json_object(path: Path) -> dict | None:
+    """``path``'s JSON object, or None if it is missing, unreadable or not a JSON object (a
+    journal's or a results file's record, which a kill or a bad copy may have damaged)."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
