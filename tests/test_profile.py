@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -222,10 +223,17 @@ def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
     times, info = board / "times.csv", board / "times.info.json"
     assert runner.main([str(board)]) == 0
     saved = json.loads(info.read_text())
-    assert saved["complete"] is True and saved["journal"] == runner.JOURNAL
+    assert saved["complete"] is True and saved["journal"] == runner.JOURNAL and saved["resumed"] is False
     text = times.read_text()
     assert runner.main([str(board)]) == 0, "a finished run resumes with nothing left to time"
     assert times.read_text() == text and json.loads(info.read_text()) == saved, "and keeps its record"
+    lines, n_rows = text.splitlines(keepends=True), len(read_rows(times))
+    first_job = next(i for i, line in enumerate(lines[1:], 1) if "#" not in line.split(",")[0])
+    times.write_text("".join(lines[: first_job + 1]))  # killed after its first job
+    info.write_text(json.dumps({**saved, "complete": False}))
+    assert runner.main([str(board)]) == 0
+    assert len(read_rows(times)) == n_rows and json.loads(info.read_text())["resumed"] is True
+    text, saved = times.read_text(), json.loads(info.read_text())
 
     def refused(args: list[str], *words: str) -> None:
         before = info.read_bytes() if info.exists() else None
@@ -245,6 +253,19 @@ def test_the_standalone_runner_resumes_only_its_own_kind_of_results(
         if damaged:
             info.write_text(damaged)
         refused([], "no readable times.info.json", f"delete {times}")
+    info.write_text(json.dumps(saved))
+    lut = import_results(board, tmp_path / "median.csv", reading="median")  # the folder stands for its times.csv
+    assert lut.meta["imported_from"] == str(times) and lut.meta["reading"] == "median"
+    assert lut.meta["threads"] == 1 and lut.meta["space"] == "tiny" and lut.meta["resumed"] is True
+    other = tmp_path / "other.csv"
+    for content, words in (
+        (b"\x00\x01garbage", "not a results file of ort_runner.py (no header line)"),
+        (b"a,b\n1,2\n", "its header lacks name, round, median_ms"),
+        (text.splitlines(keepends=True)[0].encode(), "holds no timings yet; run `python ort_runner.py"),
+    ):
+        other.write_bytes(content)
+        with pytest.raises(HwnasError, match=re.escape(words)):
+            import_results(other, tmp_path / "lut.csv", manifest_dir=board)
     info.write_text(json.dumps({**saved, "threads": 2, "complete": False}))  # this runner, killed
     with pytest.raises(HwnasError, match=r"has not finished it; run `python ort_runner.py \S+ --threads 2"):
         import_results(times, tmp_path / "lut.csv")
@@ -289,6 +310,10 @@ def test_the_standalone_runner_reports_bad_input_in_one_line(
         with pytest.raises(SystemExit) as exit_:
             runner.main([str(board), "--threads", arg])
         assert exit_.value.code == 2 and words in capsys.readouterr().err
+    not_ours = board / "notes.txt"  # appending rows would damage it; a torn tail would even be cut off
+    not_ours.write_text("my notes, no newline at the end")
+    _refused(capsys, board, ["--out", str(not_ours)], "is not a results file of ort_runner.py", "choose another --out")
+    assert not_ours.read_text() == "my notes, no newline at the end"
     (board / "a-folder").mkdir()
     _refused(capsys, board, ["--out", str(board / "a-folder")], "a-folder", "check the --out path")
     if "CUDAExecutionProvider" not in runner.ort.get_available_providers():

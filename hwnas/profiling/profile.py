@@ -570,8 +570,15 @@ def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
     return len(models)
 
 
-def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None) -> LUT:
-    """Turn the standalone runner's ``times.csv`` (and its ``.info.json``) into a LUT at ``out``."""
+def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None, reading: str | None = None) -> LUT:
+    """Turn the standalone runner's ``times.csv`` (and its ``.info.json``) into a LUT at ``out``.
+
+    ``times_csv`` may be the folder ``--emit-onnx`` wrote (its ``times.csv`` is read). The space,
+    settings and networks come from that folder's manifest, the threads from the runner's record;
+    ``reading`` (a key of ``runner.READINGS``) overrides the manifest's, since the runner records both.
+    """
+    if times_csv.is_dir():
+        times_csv = times_csv / "times.csv"
     folder = manifest_dir or times_csv.parent
     try:
         manifest = json.loads((folder / runner.MANIFEST).read_text())
@@ -603,7 +610,7 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
         if times_csv != folder / "times.csv":
             again += f" --out {times_csv}"
         raise HwnasError(f"{times_csv}: the runner has not finished it; run `{again}` on the target to finish it")
-    s = ProfileSettings(**{**asdict(s), "threads": int(info.get("threads", s.threads)), "timing": s.timing})
+    s = replace(s, threads=int(info.get("threads", s.threads)), reading=reading or s.reading)
     extra = {
         "device": info.get("device", "unknown (no .info.json beside the results)"),
         "versions": {"onnxruntime": info.get("onnxruntime"), "numpy": info.get("numpy"), "hwnas": __version__},
@@ -611,10 +618,18 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None)
             "onnxruntime": _runner_settings(info, s),
             "speed_correction": speed_correction(),
         },
-        "date": info.get("date"), "profile_seconds": info.get("seconds"), "imported_from": str(times_csv),
+        "date": info.get("date"), "profile_seconds": info.get("seconds"), "resumed": info.get("resumed"),
+        "imported_from": str(times_csv),
         "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip
+    problem = runner.not_results(times_csv)
+    if problem:
+        raise HwnasError(
+            f"{times_csv}: {problem}; give the times.csv the runner wrote beside {folder / runner.MANIFEST}"
+        )
     rows = read_rows(times_csv)
+    if not rows:
+        raise HwnasError(f"{times_csv}: holds no timings yet; run `python ort_runner.py {folder}` on the target")
     _check_imported(rows, times_csv, folder)
     lut = assemble(hw["space"], s, work, rows, extra)
     lut.save(out)

@@ -403,6 +403,22 @@ def _line_start(name: str, rnd: str) -> bytes:
     return b"\n" + buf.getvalue().rstrip("\n").encode() + b","
 
 
+def not_results(path: Path) -> str | None:
+    """Why ``path`` is not a results file of this runner, in a few words; None when it is one,
+    is missing or empty, or holds only the start of a header (a kill during the first write)."""
+    if not path.exists():
+        return None
+    with path.open("rb") as f:
+        head = f.read(4096)
+    line, newline, _ = head.partition(b"\n")
+    if not newline:
+        header = ",".join([*RESULT_FIELDS, *OPTIONAL_FIELDS]).encode()
+        return None if header.startswith(head) else "not a results file of ort_runner.py (no header line)"
+    fields = next(csv.reader([line.decode("utf-8", errors="replace")]), [])
+    missing = [f for f in RESULT_FIELDS if f not in fields]
+    return f"not a results file of ort_runner.py (its header lacks {', '.join(missing)})" if missing else None
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
     """Complete rows of a results file: a truncated last line (a kill mid-write) and block rows
     whose job row is missing (a batch cut short) are dropped."""
@@ -719,8 +735,12 @@ def _run(a: argparse.Namespace) -> int:
         "journal": JOURNAL, "threads": threads, "provider": provider, "rounds": rounds, "timing": asdict(timing),
         "spinning": spinning, "onnxruntime": ort.__version__, "device": cpu_name(), "models_sha256": models_sha,
     }  # fmt: skip
+    problem = not_results(out)
+    if problem:  # appending would damage someone else's file
+        raise RunnerError(f"{out} exists and is {problem}; choose another --out, or delete it")
     prior = read_json_object(info_path) if info_path.exists() else None
-    if read_rows(out):  # a run to resume: only one of this runner's kind with the same settings
+    resumed = bool(read_rows(out))
+    if resumed:  # a run to resume: only one of this runner's kind with the same settings
         problem = _resume_problem(prior, run, out, info_path)
         if problem:
             raise RunnerError(problem)
@@ -754,7 +774,8 @@ def _run(a: argparse.Namespace) -> int:
     else:
         info = {
             **run, "complete": True, "ort_settings": ort_settings(spinning),
-            "seconds": round(time.perf_counter() - t0, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.perf_counter() - t0, 1), "resumed": resumed,  # seconds: this invocation's
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "numpy": np.__version__, "runner": "ort_runner.py",
         }  # fmt: skip
     write_json_atomic(info_path, info)
