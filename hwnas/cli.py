@@ -92,6 +92,17 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def options_given(ctx: typer.Context, exclude: set[str]) -> list[str]:
+    """The options of ``ctx``'s command the user gave (on the command line or from the
+    environment), other than those named in ``exclude`` (parameter names), as their flags."""
+    given = {"COMMANDLINE", "ENVIRONMENT"}  # by name: typer ships its own copy of click's ParameterSource
+    return [
+        p.opts[0]
+        for p in ctx.command.params
+        if p.name not in exclude and getattr(ctx.get_parameter_source(p.name or ""), "name", None) in given
+    ]
+
+
 @app.callback()
 def main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
     _state["debug"] = debug
@@ -170,6 +181,7 @@ RoundsOpt = Annotated[
 @app.command()
 @user_errors
 def profile(
+    ctx: typer.Context,
     space: SpaceOpt = "proxyless",
     device: Annotated[Device | None, typer.Option(help="cpu, or cuda (needs a GPU).")] = None,
     backend: Annotated[Backend | None, typer.Option(help="onnxruntime or torch (eager).")] = None,
@@ -218,7 +230,12 @@ def profile(
         ),
     ] = None,
     import_csv: Annotated[
-        Path | None, typer.Option("--import", help="Turn ort_runner.py's times.csv (beside its manifest) into a LUT.")
+        Path | None,
+        typer.Option(
+            "--import",
+            help="Turn ort_runner.py's times.csv (beside its manifest; or give that folder) into a LUT. The space "
+            "and settings are the manifest's; only --reading may be chosen anew.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing LUT (or an --emit-onnx folder's models).")] = False,
 ) -> None:
@@ -239,14 +256,26 @@ def profile(
     settings["timing"] = TimingSettings(**settings.get("timing", {}))
     s = ProfileSettings(**settings)
     if import_csv is not None:
+        unused = options_given(ctx, exclude={"import_csv", "out_path", "force", "reading"})
+        if unused:
+            raise UsageError(
+                f"--import takes the space and settings from the --emit-onnx manifest and the runner's record, not "
+                f"from {', '.join(unused)}; drop them (other threads: `python ort_runner.py FOLDER --threads N` on "
+                "the target; another space or size: --emit-onnx again)"
+            )
         if out_path is None:
             raise UsageError("--import needs --out for the LUT it writes")
         check_out_path(out_path, force)
-        lut = import_results(import_csv, out_path)
+        lut = import_results(import_csv, out_path, reading=reading.value if reading else None)
         out.print(f"wrote {out_path} ({len(lut.table)} keys, {lut.describe()})")
         return
     sp = _load_space(space, input_size, width_mult, in_channels, num_classes)
     if emit_onnx is not None:
+        if out_path is not None:
+            raise UsageError(
+                f"--emit-onnx writes no LUT, so --out has nothing to take: the runner writes {emit_onnx / 'times.csv'}, "
+                "and `hwnas profile --import` takes --out"
+            )
         if emit_onnx.exists() and not emit_onnx.is_dir():
             raise UsageError(f"--emit-onnx {emit_onnx} is a file; --emit-onnx takes the folder to write")
         if (emit_onnx / "manifest.json").exists() and not force:
@@ -390,8 +419,10 @@ def sample(
     clash = [p for p in paths if p.exists()]
     if clash and not force:
         raise UsageError(f"{clash[0]} exists; pass --force to overwrite or choose another --out")
-    for i, p in enumerate(paths):
-        arch = sp.sample(rng).with_info(sampled_from=sp.name, seed=seed, index=i, width_mult=sp.width_mult)
+    archs = [  # all drawn before any is written: a space that cannot be sampled leaves no files behind
+        sp.sample(rng).with_info(sampled_from=sp.name, seed=seed, index=i, width_mult=sp.width_mult) for i in range(n)
+    ]
+    for p, arch in zip(paths, archs, strict=True):
         atomic_write(p, arch.to_json().encode())
     out.print(f"wrote {n} architectures of {sp.describe()} to {out_dir}")
 
@@ -431,6 +462,9 @@ def predict(
     a = _arch_or_onnx(arch)
     table = LUT.load(lut)
     p = table.predict(a)
+    note = table.space_note(a)
+    if note:
+        err.print(note, highlight=False, soft_wrap=True)
     cost = count(a)
     if as_json:
         doc = {"arch": str(arch), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict(),
@@ -511,6 +545,9 @@ def measure(
     else:
         a = _arch_or_onnx(model)
         pred = table.predict(a).total_ms if table else None
+        note = table.space_note(a) if table else None
+        if note:
+            err.print(note, highlight=False, soft_wrap=True)
         with progress_bar("measure") as update:
             (ms,), drift = measure_beside([a], refs, s, update)
     then = ms / drift if drift else None
@@ -603,7 +640,7 @@ def export(
         return
     if arch is None:
         raise UsageError("export needs the arch JSON: hwnas export ARCH -o MODEL.onnx (only --check-only goes without)")
-    check_out_path(out_path, force, "-o", make_parent=False)  # before any work
+    check_out_path(out_path, force, "-o")  # before any work
     a = Arch.load(arch)
     table = LUT.load(lut) if lut else None
     over = {"device": device.value if device else None, "threads": threads, "batch": batch, "rounds": rounds}

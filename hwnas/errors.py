@@ -52,11 +52,11 @@ def training_device(name: str) -> torch.device:  # noqa: F821 - torch is importe
     return torch.device(name)
 
 
-def check_out_path(path: Path, force: bool, option: str = "--out", make_parent: bool = True) -> None:
+def check_out_path(path: Path, force: bool, option: str = "--out") -> None:
     """Refuse an output file before any work: one that exists (without ``force``) or is a
-    directory, or whose directory is not a directory, is missing (unless the command creates it:
-    ``make_parent``) or cannot be written (probed with a temporary file, so a read-only mount is
-    caught even as root). ``option`` is the flag the message names."""
+    directory, or whose nearest existing folder is not a directory or cannot be written (probed
+    with a temporary file, so a read-only mount is caught even as root). Missing folders are
+    created when the file is written. ``option`` is the flag the message names."""
     import os
     import tempfile
 
@@ -66,12 +66,10 @@ def check_out_path(path: Path, force: bool, option: str = "--out", make_parent: 
     if p.exists() and not force:
         raise UsageError(f"{p} exists; pass --force to overwrite it or choose another {option}")
     parent = p.parent if str(p.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folder the missing ones will be made in
+    if not parent.is_dir():
         raise UsageError(f"{parent} is not a directory; choose another {option}")
-    if not parent.exists():
-        if make_parent:
-            return
-        raise UsageError(f"{option} {p}: directory {parent} does not exist; create it or choose another {option}")
     try:
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
     except OSError as e:

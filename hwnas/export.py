@@ -535,7 +535,7 @@ def export_model(
     from hwnas.flops import count
 
     out = Path(out)
-    check_out_path(out, force, "-o", make_parent=False)
+    check_out_path(out, force, "-o")
     src = build_source(arch, weights, seed)
     a = src.arch
     notes = list(src.notes)
@@ -545,6 +545,7 @@ def export_model(
             predicted = lut.predict(a).total_ms
         except LutError as e:
             raise LutError(f"{e}; or export without --lut") from None
+        notes += [n for n in [lut.space_note(a)] if n]
         if a.info.get("lut_sha256") not in (None, lut.sha256):
             notes.append(f"note: the arch was searched with another LUT ({a.info.get('lut', 'sha256 differs')})")
     budget = a.info.get("budget_ms")

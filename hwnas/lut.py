@@ -150,6 +150,18 @@ class LUT:
             f"--backend {m['backend']} --threads {m['threads']} --batch {m['batch']}"
         )
 
+    def space_note(self, arch: Arch) -> str | None:
+        """A note when ``arch`` names another space than the one this LUT was profiled for: its ops
+        may all be in the table, but the whole-net model was fitted on the other space's networks."""
+        there = self.meta.get("space")
+        if there and arch.space != there:
+            return (
+                f"note: the network is of space {arch.space!r}; {self.path or 'the LUT'} was profiled for "
+                f"{there!r}, and its whole-net model was fitted on {there!r} networks (profile {arch.space!r} "
+                "for a calibrated prediction)"
+            )
+        return None
+
     def predict(self, target: Arch | Plan) -> Prediction:
         """Predicted latency (ms) of an arch; a missing key is an error, never a default."""
         plan = target.plan if isinstance(target, Arch) else target

@@ -45,10 +45,14 @@ def test_sample_is_seeded_and_valid(samples: Path, tmp_path: Path) -> None:
     assert json.loads(files[0].read_text())["info"]["seed"] == 7
 
 
-def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Path) -> None:
+def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Path, tmp_path: Path) -> None:
     arch = samples / "arch_000.json"
     res = run("predict", arch, "--lut", tiny_lut_path)
-    assert res.exit_code == 0 and "ms predicted" in res.output, res.output
+    assert res.exit_code == 0 and "ms predicted" in res.output and "note:" not in res.output, res.output
+    other = tmp_path / "other.json"  # names another space: its ops are priced, the whole-net model is not its own
+    other.write_text(json.dumps({**json.loads(arch.read_text()), "space": "proxyless"}))
+    res = run("predict", other, "--lut", tiny_lut_path)
+    assert res.exit_code == 0 and "note: the network is of space 'proxyless'" in res.output, res.output
     res = run("predict", arch, "--lut", tiny_lut_path, "--json")
     doc = json.loads(res.output)
     assert doc["predicted_ms"] > 0 and doc["blocks"] and len(doc["lut_sha256"]) == 64
@@ -172,6 +176,10 @@ def test_emit_and_import(tmp_path: Path, fast_target: Path) -> None:
     assert res.exit_code == 0 and "ort_runner.py" in res.output, res.output
     res = run("profile", "--import", folder / "times.csv", "--out", tmp_path / "x.csv")
     assert "ort_runner.py" in one_line_error(res)
+    res = run("profile", "--import", folder, "--threads", "2", "--space", "tiny", "--out", tmp_path / "x.csv")
+    assert "not from --space, --threads; drop them" in one_line_error(res, 2)
+    res = run("profile", "--space", "tiny", "--emit-onnx", tmp_path / "other", "--out", tmp_path / "x.csv")
+    assert "--emit-onnx writes no LUT" in one_line_error(res, 2) and not (tmp_path / "other").exists()
     manifest = (folder / "manifest.json").read_bytes()
     res = run("profile", "--space", "tiny_darts", "--target", fast_target, "--emit-onnx", folder)
     assert "already holds models and a manifest" in one_line_error(res, 2), "a board's times.csv may rely on them"
