@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.lut import LUT
-from hwnas.measure import VALIDATION_ROUNDS, fidelity
+from hwnas.measure import VALIDATION_ROUNDS, apart_pct, fidelity
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.space import load_space
 
@@ -70,8 +70,8 @@ def main() -> None:
             archs = [sp.sample(rng) for _ in range(a.nets)]
             p1 = np.array([lut.predict(x).total_ms for x in archs])
             p2 = np.array([LUT.load(path2).predict(x).total_ms for x in archs])
-            d = np.abs(p2 / p1 - 1) * 100
-            r.update(repeat_mean_diff_pct=float(d.mean()), repeat_max_diff_pct=float(d.max()))
+            mean, most = apart_pct(p2, p1)
+            r.update(repeat_mean_diff_pct=mean, repeat_max_diff_pct=most)
         rows.append(r)
         print(json.dumps(r), flush=True)
     print()

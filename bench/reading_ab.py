@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, repeatability
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, apart_pct, drift_of, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, assemble, loaders, plan_work, run_meta, space_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings, summarize
@@ -205,7 +205,7 @@ def main() -> None:
                 drift = drift_of([measured[a.nets + i] for i, _, _ in kept], [(x, then) for _, x, then in kept])
                 r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
                 c = r.get("corrected", r)
-                first = np.abs(predicted / preds[v, 0] - 1).mean() * 100 if k else float("nan")
+                first = apart_pct(predicted, preds[v, 0])[0] if k else float("nan")
                 full = shape_apart(predicted, preds["", k]) if v else float("nan")
                 print(f"{reading:<8}{v.lstrip('-') or 'full':>14}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}"
                       f"{c['mape_pct']:>13.2f}{c['max_error_pct']:>12.2f}{c['within_5pct'] * 100:>9.0f}%"

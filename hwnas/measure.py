@@ -10,7 +10,7 @@ LUT's predictions.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,13 @@ def measure_rounds_both(
     return [steady[f"arch{i}"] for i in range(len(archs))], [timed[f"arch{i}"] for i in range(len(archs))]
 
 
+def apart_pct(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """How far two sets of figures for the same networks are apart: the mean and the max of
+    ``|a / b - 1|``, in percent (two halves of a measurement, two LUTs' predictions, ...)."""
+    d = np.abs(np.asarray(a, dtype=float) / np.asarray(b, dtype=float) - 1) * 100
+    return float(d.mean()), float(d.max())
+
+
 def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     """How well the measurement agrees with itself: each net's rounds split into two halves (even
     and odd rounds; with an odd count the even half has one more), each half summarised like the
@@ -113,11 +120,11 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
         return None
     a = np.array([np.median(r[0::2]) for r in rounds])
     b = np.array([np.median(r[1::2]) for r in rounds])
-    d = np.abs(a / b - 1) * 100
+    mean, most = apart_pct(a, b)
     rho: float | None = None
     if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
         rho = float(stats.spearmanr(a, b).statistic)
-    return {"mean_diff_pct": float(d.mean()), "max_diff_pct": float(d.max()), "spearman": rho}
+    return {"mean_diff_pct": mean, "max_diff_pct": most, "spearman": rho}
 
 
 def onnx_loader(path: Path, s: ProfileSettings, shown: Path | None = None) -> Callable[[], Timed]:
