@@ -62,6 +62,31 @@ class Plan:
         """Calls that the LUT prices (everything but ``zero``/``none``)."""
         return [n.call for n in self.nodes if n.call.priced]
 
+    def relu_roles(self) -> tuple[str, ...]:
+        """Per node, the role of its leading ReLU where the LUT prices it: ``"shared"`` for a
+        role-priced node (:func:`role_priced`) whose input an earlier node's leading ReLU already
+        reads (ONNX Runtime merges identical ReLUs of one tensor: the later op runs one kernel
+        fewer), ``"own"`` for one that reads it first, ``""`` for every other node."""
+        seen: set[int] = set()
+        roles = []
+        for n in self.nodes:
+            relu = n.call.leading_relu
+            first = not relu or n.inputs[0] not in seen
+            if relu:
+                seen.add(n.inputs[0])
+            roles.append(("own" if first else "shared") if role_priced(n) else "")
+        return tuple(roles)
+
+
+def role_priced(node: Node) -> bool:
+    """A node the LUT prices by its ReLU's role: a stride-1 cell edge whose op leads with a ReLU.
+
+    Chosen on DARTS @ 32 timings (bench/RESULTS.md): with roles, Spearman rose for 8 of 8 LUTs;
+    stride-2 edges, whose first reader also gets the layout reorders of its input, did worse."""
+    return (
+        bool(node.tag) and node.tag[0] == "edge" and node.call.leading_relu and node.call.param_dict.get("stride") == 1
+    )
+
 
 @dataclass(frozen=True)
 class Arch:

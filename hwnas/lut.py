@@ -14,8 +14,14 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
     round's 10th and 90th percentile), for reference
 ``context_n``
     how many (network, position) samples ``latency_ms`` is the median of
+``shared_ms, shared_profiled_ms, shared_kernels, shared_n``
+    for a key priced by its ReLU's role (:func:`hwnas.arch.role_priced`: a stride-1 DARTS edge
+    whose op leads with a ReLU), its figures where an earlier edge's ReLU of the same input was
+    merged with its own (one kernel fewer); ``latency_ms`` etc. are then the key's figures where
+    it reads the input first. Empty for other keys and where the profile saw only one role.
 
-Prediction of a network: ``scale * sum(latency_ms of its blocks) + overhead_ms``, with ``scale``
+Prediction of a network: ``scale * sum(latency_ms of its blocks) + overhead_ms`` (``shared_ms``
+for a block whose role is shared, where the table has it), with ``scale``
 and ``overhead_ms`` fitted by least squares on whole-network measurements of the probe networks
 (``meta["model"]``). All latencies are milliseconds at the LUT's batch size.
 """
@@ -26,14 +32,14 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from hwnas.arch import Arch, Plan
+from hwnas.arch import Arch, Node, Plan
 from hwnas.checks import is_int, is_number
 from hwnas.errors import HwnasError
 from hwnas.ops import OpCall, OpError, parse_key
@@ -52,8 +58,12 @@ COLUMNS = (
     "isolated_p10_ms",
     "isolated_p90_ms",
     "context_n",
+    "shared_ms",
+    "shared_profiled_ms",
+    "shared_kernels",
+    "shared_n",
 )
-NUMERIC = ("latency_ms", "profiled_ms", "kernels", "isolated_ms", "isolated_p10_ms", "isolated_p90_ms", "context_n")
+NUMERIC = COLUMNS[4:]
 META_REQUIRED = (
     "schema", "space", "input_size", "width_mult", "device", "device_kind", "backend", "threads", "batch", "model",
 )  # fmt: skip
@@ -95,7 +105,14 @@ class LUT:
         self.table = table
         self.meta = meta
         self.path = path
+        self._file_sha256: str | None = None  # of the file's bytes, when loaded from one
         self.latency: dict[str, float] = dict(zip(table["key"], table["latency_ms"].astype(float), strict=True))
+        shared = pd.to_numeric(table["shared_ms"], errors="coerce") if "shared_ms" in table else None
+        self.shared: dict[str, float] = (
+            {k: float(v) for k, v in zip(table["key"], shared, strict=True) if math.isfinite(v)}
+            if shared is not None
+            else {}
+        )  # the price of a key in the "shared" role (Plan.relu_roles), where the profile saw it
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -111,8 +128,9 @@ class LUT:
 
     @property
     def sha256(self) -> str:
-        """Hash of the CSV content: recorded in the metadata and in arch files priced by it."""
-        return hashlib.sha256(self.to_csv_bytes()).hexdigest()
+        """Hash of the CSV content: recorded in the metadata and in arch files priced by it. For a
+        loaded LUT, of the file as it is (a file written before a column was added keeps its hash)."""
+        return self._file_sha256 or hashlib.sha256(self.to_csv_bytes()).hexdigest()
 
     def describe(self) -> str:
         m = self.meta
@@ -178,7 +196,7 @@ class LUT:
             missing = self.missing(plan.calls)
             if missing:
                 raise LutError(f"LUT lacks {len(missing)} key(s): {', '.join(missing[:5])}")
-        blocks = tuple((n.where, n.call.key, self.latency[n.call.key]) for n in plan.nodes if n.call.priced)
+        blocks = tuple((n.where, n.call.key, ms) for n, ms in block_prices(plan, self.latency, self.shared))
         s = math.fsum(b[2] for b in blocks)
         return Prediction(self.scale * s + self.overhead_ms, s, self.scale, self.overhead_ms, blocks)
 
@@ -192,8 +210,7 @@ class LUT:
         meta = {**self.meta, "csv_sha256": hashlib.sha256(data).hexdigest()}
         atomic_write(meta_path(p), (json.dumps(meta, indent=2) + "\n").encode())
         atomic_write(p, data)
-        saved = LUT.load(p)
-        self.table, self.latency, self.meta, self.path = saved.table, saved.latency, saved.meta, p
+        self.__dict__.update(vars(LUT.load(p)))
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], meta: dict[str, Any]) -> LUT:
@@ -240,6 +257,7 @@ class LUT:
                 "between the two renames); re-run the same `hwnas profile` command to rebuild it"
             )
         lut = cls(table, meta, p)
+        lut._file_sha256 = digest
         for k, want in (expect or {}).items():
             if want is not None and meta.get(k) != want:
                 raise LutError(
@@ -247,6 +265,17 @@ class LUT:
                     f"use a LUT built with {k}={want!r} (hwnas profile ... --out NEW.csv) or ask for {meta.get(k)!r}"
                 )
         return lut
+
+
+def block_prices(plan: Plan, main: Mapping[str, float], shared: Mapping[str, float]) -> list[tuple[Node, float]]:
+    """Each priced node of ``plan`` with its figure: ``shared[key]`` where the node's ReLU role
+    (:meth:`hwnas.arch.Plan.relu_roles`) is shared and the table has the key in that role, else
+    ``main[key]``. How a LUT prices a network, and how a profile sums its networks' blocks."""
+    return [
+        (n, shared[n.call.key] if r == "shared" and n.call.key in shared else main[n.call.key])
+        for n, r in zip(plan.nodes, plan.relu_roles(), strict=True)
+        if n.call.priced
+    ]
 
 
 def _check_meta(meta: dict[str, Any], mp: Path) -> None:
@@ -324,6 +353,9 @@ def _read_table(p: Path, raw: bytes) -> pd.DataFrame:
             raise LutError(f"{p}, line {i}: latency_ms {row.latency_ms!r} is not a number") from None
         if not math.isfinite(v) or v < 0:
             raise LutError(f"{p}, line {i}: latency_ms {row.latency_ms!r} must be a finite number >= 0")
+        shared = row.shared_ms
+        if _given(shared) and not ((x := _float(shared)) is not None and math.isfinite(x) and x >= 0):
+            raise LutError(f"{p}, line {i}: shared_ms {shared!r} must be empty or a finite number >= 0")
     dup = table[table["key"].duplicated(keep=False)]
     if len(dup):
         first = dup["key"].iloc[0]
@@ -331,5 +363,19 @@ def _read_table(p: Path, raw: bytes) -> pd.DataFrame:
         if len(vals) > 1:
             raise LutError(f"{p}: key {first} appears more than once with different latencies {vals}; keep one row")
         table = table.drop_duplicates("key")
-    table["latency_ms"] = table["latency_ms"].astype(float)
+    for c in NUMERIC:  # empty cells (a key with no shared role, no kernel count) read as NaN
+        table[c] = pd.to_numeric(table[c], errors="coerce")
     return table[list(COLUMNS)].reset_index(drop=True)
+
+
+def _given(v: Any) -> bool:
+    """A cell holds a value: not empty, and not the NaN a column added for an older file holds."""
+    return not (v is None or v == "" or (isinstance(v, float) and math.isnan(v)))
+
+
+def _float(v: Any) -> float | None:
+    """``v`` as a float, or None if it is not a number."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None

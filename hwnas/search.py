@@ -161,7 +161,9 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     budget, the one giving up the least log-probability per ms gained: latency the target can
     afford is spent where the search was least sure. ``floor = 0`` skips that. Returns the arch and
     the number of swaps. Latencies move by the LUT's per-choice costs (the prediction is additive),
-    and the result is checked against :meth:`LUT.predict`.
+    except where the LUT prices DARTS edges by their ReLU's role (a swap can change another edge's
+    role): there each candidate swap is priced by :meth:`LUT.predict` of the network it makes. The
+    result is checked against :meth:`LUT.predict`.
     """
     costs = row_costs(structure(net.price_space), lut.latency)
     with torch.no_grad():
@@ -172,6 +174,15 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     now = lut.predict(arch).total_ms
     swaps = 0
 
+    additive = net.price_space.kind == "blocks" or not lut.shared
+
+    def after(now: float, n: int, i: int) -> float:
+        """The prediction (ms) once decision ``n`` takes choice ``i``."""
+        r, cur = state[n]
+        if additive:
+            return now + scale * (costs[r][i] - costs[r][cur])
+        return lut.predict(_arch_of(net, arch, [*state[:n], (r, i), *state[n + 1 :]])).total_ms
+
     def best(now: float, lo: float, hi: float) -> tuple[int, int, float] | None:
         """The swap landing in (lo, hi) (open at lo, closed at hi) at the least log-prob per ms."""
         pick: tuple[float, int, int, float] | None = None
@@ -179,7 +190,7 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
             for i in allowed[n]:
                 if i == cur:
                     continue
-                ms = now + scale * (costs[r][i] - costs[r][cur])
+                ms = after(now, n, i)
                 if lo < ms <= hi and abs(ms - now) > 1e-12:
                     score = (logp[r][cur] - logp[r][i]) / abs(ms - now)
                     if pick is None or score < pick[0]:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.arch import Arch, Plan, walk_cells
+from hwnas.arch import Arch, Node, Plan, role_priced, walk_cells
 from hwnas.lut import LUT
 from hwnas.ops import OpCall, make_call
 from hwnas.ops.blocks import MBConv
@@ -308,9 +308,20 @@ class Supernet(nn.Module):
         lut.check_covers(
             [c for calls in priced for c in calls] + price.fixed, sp.name, sp.input_size, sp.width_mult, **shape
         )
-        for i, calls in zip(self._mixed_idx, priced, strict=True):
+        for i, j in zip(self._mixed_idx, sorted(price.mixed), strict=True):
+            calls, node = price.mixed[j][0], price.plan.nodes[j]
+            lat = [lut.latency[c.key] if c.priced else 0.0 for c in calls]
+            self.nodes[i].register_buffer("lat_ms", torch.tensor(lat))
+            # a DARTS edge's price where an earlier edge's ReLU of its input runs instead of its own
+            shared = [
+                lut.shared.get(c.key, ms)
+                if c.priced and role_priced(Node(c, node.inputs, node.where, node.tag))
+                else ms
+                for c, ms in zip(calls, lat, strict=True)
+            ]
+            self.nodes[i].register_buffer("shared_ms", torch.tensor(shared), persistent=False)
             self.nodes[i].register_buffer(
-                "lat_ms", torch.tensor([lut.latency[c.key] if c.priced else 0.0 for c in calls])
+                "relu", torch.tensor([float(c.leading_relu) for c in calls]), persistent=False
             )
         self.register_buffer("fixed_ms", torch.tensor(sum(lut.latency[c.key] for c in price.fixed if c.priced)))
 
@@ -387,23 +398,38 @@ class Supernet(nn.Module):
         return self.lut.scale * total + self.lut.overhead_ms
 
     def _cells_expected(self) -> torch.Tensor:
+        """The edges' expected price: each edge's op price under its kept ops' softmax ``q``, times
+        ``w``, how surely the edge is one of its node's two kept (``2 s / sum s`` capped at 1, ``s``
+        its strongest kept op's probability). An edge whose input an earlier kept edge's op
+        already reads with a leading ReLU is priced at ``shared_ms`` (:meth:`Plan.relu_roles`):
+        the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges."""
         ops = self.space.cell_ops
         keep = torch.tensor([o != "none" for o in ops])
         nodes = int(self.space.raw["nodes"])
-        total = torch.zeros(())
-        by_node: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        edges: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # plan index: (strength, q)
+        by_node: dict[tuple[int, int], list[int]] = {}
         for i in self._mixed_idx:
             m = self.nodes[i]
-            p = self.probs(m.key)
-            q = F.softmax(self.row(m.key)[keep], dim=-1)
-            strength = p[keep].max()
+            edges[i] = (self.probs(m.key)[keep].max(), F.softmax(self.row(m.key)[keep], dim=-1))
             _, _, k, cell = self.plan.nodes[i].tag
-            j, _ = _edge_of(k, nodes)
-            by_node.setdefault((cell, j), []).append((strength, q @ m.lat_ms[keep]))
-        for edges in by_node.values():
-            s = torch.stack([e[0] for e in edges])
-            w = torch.clamp(2 * s / s.sum(), max=1.0)
-            total = total + (w * torch.stack([e[1] for e in edges])).sum()
+            by_node.setdefault((cell, _edge_of(k, nodes)[0]), []).append(i)
+        w: dict[int, torch.Tensor] = {}
+        for group in by_node.values():
+            s = torch.stack([edges[i][0] for i in group])
+            w.update(zip(group, torch.clamp(2 * s / s.sum(), max=1.0), strict=True))
+        total = torch.zeros(())
+        free: dict[int, torch.Tensor] = {}  # per input: the chance no earlier kept op's ReLU reads it
+        for i, (node, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
+            src = ins[0] if ins else -1
+            if i not in edges:
+                if self.plan.nodes[i].call.leading_relu:
+                    free[src] = torch.zeros(())
+                continue
+            q = edges[i][1]
+            shared = 1 - free.get(src, torch.ones(()))
+            price = node.lat_ms[keep] + shared * (node.shared_ms - node.lat_ms)[keep]
+            total = total + w[i] * (q @ price)
+            free[src] = free.get(src, torch.ones(())) * (1 - w[i] * (q @ node.relu[keep]))
         return total
 
     # -- derivation -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -74,6 +75,9 @@ def test_op_builds_shapes_exports_and_matches_ort(op: str, params: dict, shape: 
     sess = ort.InferenceSession(onx, providers=["CPUExecutionProvider"])
     (got,) = sess.run(None, {f"x{i}": x.numpy() for i, x in enumerate(xs)})
     np.testing.assert_allclose(got, y.numpy(), atol=1e-4, rtol=1e-4)
+    # the registry's leading_relu (which the LUT's ReLU roles rest on) says what the graph does
+    readers = [n.op_type for n in onnx.load_from_string(onx).graph.node if "x0" in n.input]
+    assert call.leading_relu == (readers == ["Relu"]), readers
 
 
 def test_key_is_canonical() -> None:

@@ -81,9 +81,12 @@ def test_expected_latency_equals_prediction_of_a_peaked_block_arch(luts: dict[st
     )
 
 
-def test_darts_expectation_estimates_the_derived_cell(luts: dict[str, LUT]) -> None:
+def _two_sep_convs_per_node(lut: LUT) -> Supernet:
+    """A tiny_darts supernet whose alphas clearly pick sep_conv_3x3 on edges (0, 1) of node 0
+    and (1, 2) of node 1, every other edge clearly absent: node 1's edge from state 1 then
+    reads a state node 0's sep_conv already read with its leading ReLU (a shared role)."""
     sp = load_space("tiny_darts")
-    net = Supernet(sp, make_strategy("softmax"), luts["tiny_darts"])
+    net = Supernet(sp, make_strategy("softmax"), lut)
     none = sp.cell_ops.index("none")
     with torch.no_grad():
         for a in net.alphas:
@@ -96,11 +99,33 @@ def test_darts_expectation_estimates_the_derived_cell(luts: dict[str, LUT]) -> N
                     row = net.alphas[c][base + src]
                     row[none] = -60.0
                     row[sp.cell_ops.index("sep_conv_3x3")] = 60.0
+    return net
+
+
+def test_darts_expectation_estimates_the_derived_cell(luts: dict[str, LUT]) -> None:
+    net = _two_sep_convs_per_node(luts["tiny_darts"])
     derived = net.derive()
     assert all(op == "sep_conv_3x3" for op, _ in derived.body["genotype"]["normal"])
     assert float(net.expected_latency_ms().detach()) == pytest.approx(
         luts["tiny_darts"].predict(derived).total_ms, rel=1e-4
     )
+
+
+def test_an_edge_whose_relu_an_earlier_edge_runs_is_priced_apart(luts: dict[str, LUT]) -> None:
+    lut = luts["tiny_darts"]
+    assert lut.table["shared_ms"].notna().any(), "the probe networks price some key in both roles"
+    table = lut.table.copy()
+    edge = table["op"].str.startswith(("sep_conv", "dil_conv")) & (table["params"] == "stride=1")
+    table.loc[edge, "shared_ms"] = table.loc[edge, "latency_ms"] / 2  # a price the role visibly changes
+    halved = LUT(table, lut.meta)
+    net = _two_sep_convs_per_node(halved)
+    derived = net.derive()
+    roles = dict(zip([n.where for n in derived.plan.nodes], derived.plan.relu_roles(), strict=True))
+    assert sorted(set(roles.values())) == ["", "own", "shared"], roles
+    shared = [w for w, r in roles.items() if r == "shared"]
+    assert all("node 1" in w for w in shared), "only node 1's edge from state 1 reads a state twice"
+    assert halved.predict(derived).total_ms < lut.predict(derived).total_ms
+    assert float(net.expected_latency_ms().detach()) == pytest.approx(halved.predict(derived).total_ms, rel=1e-4)
 
 
 def test_binary_runs_one_path_in_the_weight_step_and_two_in_the_arch_step(luts: dict[str, LUT]) -> None:

@@ -77,6 +77,11 @@ class OpCall:
         return get_op(self.op).out_shape(self.in_shape, self.param_dict)
 
     @property
+    def leading_relu(self) -> bool:
+        """The op starts with a ReLU of its input (see :attr:`OpSpec.leading_relu`)."""
+        return get_op(self.op).leading_relu(self.param_dict)
+
+    @property
     def priced(self) -> bool:
         """False for ops that cost nothing by definition (``zero``, ``none``)."""
         return get_op(self.op).priced
@@ -165,6 +170,9 @@ class OpSpec:
     doc: str
     text_params: tuple[str, ...] = ()  # parameters that are strings (e.g. ``act``) ...
     real_params: tuple[str, ...] = ()  # ... or any number (e.g. ``e``); all others are integers
+    # does the op (with these params) start with a ReLU of its input? ONNX Runtime merges identical
+    # ReLUs of one input, so of two such ops reading the same tensor the later runs one kernel fewer
+    leading_relu: Callable[[dict[str, Any]], bool] = lambda p: False
 
 
 _REGISTRY: dict[str, OpSpec] = {}
@@ -184,20 +192,25 @@ def register_op(
     arity: int = 1,
     text_params: tuple[str, ...] = (),
     real_params: tuple[str, ...] = (),
+    leading_relu: Callable[[dict[str, Any]], bool] | bool = False,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register an ``nn.Module`` whose constructor is ``cls(c_in, **params)``.
 
     Parameters are integers unless listed in ``text_params`` (strings) or ``real_params`` (any
     number); :func:`make_call` refuses a value of another kind.
 
-    Registering a name twice raises, as torchvision's model registry does.
+    ``leading_relu``: whether the module starts with a ReLU of its input (a bool, or a function
+    of the params). Registering a name twice raises, as torchvision's model registry does.
     """
+    relu = leading_relu if callable(leading_relu) else (lambda p, v=bool(leading_relu): v)
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise OpError(f"op {name!r} is already registered (by {_REGISTRY[name].cls.__name__})")
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        _REGISTRY[name] = OpSpec(name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params)
+        _REGISTRY[name] = OpSpec(
+            name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params, relu
+        )
         return cls
 
     return deco

@@ -56,7 +56,7 @@ from hwnas import __version__
 from hwnas.arch import Arch
 from hwnas.checks import is_number
 from hwnas.errors import HwnasError
-from hwnas.lut import LUT, LutError
+from hwnas.lut import LUT, LutError, block_prices
 from hwnas.ops import OpCall, parse_key
 from hwnas.profiling import runner
 from hwnas.profiling.runner import Job, Timed, TimingSettings, read_rows, round_medians
@@ -244,40 +244,60 @@ def assemble(
         raise LutError(f"the measurements lack {len(lacking)} job(s), e.g. {lacking[0]}; re-run to finish them")
     counts = _kernel_counts(rows)
     counted = all(n in counts for n in med if "#" in n)  # not with torch, nor in an older journal
-    context: dict[str, list[float]] = defaultdict(list)
-    kernels: dict[str, list[int]] = defaultdict(list)
+    context: dict[tuple[str, str], list[float]] = defaultdict(list)  # by (key, "" or "shared")
+    kernels: dict[tuple[str, str], list[int]] = defaultdict(list)
     for name, arch in work.nets.items():
-        for i, node in enumerate(arch.plan.nodes):
+        plan = arch.plan
+        for i, (node, role) in enumerate(zip(plan.nodes, plan.relu_roles(), strict=True)):
             if node.call.priced:
-                context[node.call.key].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
-                if counted and f"{name}#{i}" in counts:
-                    kernels[node.call.key].append(counts[f"{name}#{i}"])
+                for g in ((node.call.key, "shared" if role == "shared" else ""), (node.call.key, "*")):
+                    context[g].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
+                    if counted and f"{name}#{i}" in counts:
+                        kernels[g].append(counts[f"{name}#{i}"])
+
+    def median(xs: list[float] | list[int]) -> float | None:
+        return statistics.median(xs) if xs else None
+
     table = []
     for name, call in work.ops.items():
         rs = by_round[name]
+        own, shared = (call.key, ""), (call.key, "shared")
+        main = own if context[own] else shared  # a key the probes saw only as shared: priced so throughout
+        split = bool(context[own] and context[shared])
+        k_main, k_shared = median(kernels[main]), median(kernels[shared]) if split else None
         table.append({
             "key": call.key, "op": call.op, "params": call.param_str, "input": call.shape_str,
-            "profiled_ms": statistics.median(context[call.key]) if context[call.key] else med[name],
-            "kernels": round(statistics.median(kernels[call.key])) if kernels[call.key] else None,
+            "profiled_ms": median(context[main]) if context[main] else med[name],
+            "kernels": round(k_main) if k_main is not None else None,
             "isolated_ms": med[name],
             "isolated_p10_ms": statistics.median(float(r["p10_ms"]) for r in rs),
             "isolated_p90_ms": statistics.median(float(r["p90_ms"]) for r in rs),
-            "context_n": len(context[call.key]),
+            "context_n": len(context[main]),
+            "shared_profiled_ms": median(context[shared]) if split else None,
+            "shared_kernels": round(k_shared) if k_shared is not None else None,
+            "shared_n": len(context[shared]) if split else None,
         })  # fmt: skip
-    prof = {r["key"]: r["profiled_ms"] for r in table}
-    kern = {r["key"]: r["kernels"] or 0 for r in table}
+    # the profiler's cost per kernel is fitted on each key's figures over all its contexts (with
+    # the roles apart it moved with their few shared contexts, and priced worse on 3 December)
+    whole = [(c.key, context[c.key, "*"], kernels[c.key, "*"]) for c in work.ops.values()]
+    prof = {k: median(ctx) if ctx else r["profiled_ms"] for (k, ctx, _), r in zip(whole, table, strict=True)}
+    kern = {k: round(median(ks)) if ks else 0 for k, _, ks in whole}
     archs = list(work.nets.values())
     ys = np.array([med[n] for n in work.nets])
-    kernel_ms = fit_kernel_ms(
-        np.array([sum(prof[c.key] for c in a.plan.priced_calls()) for a in archs]),
-        np.array([sum(kern[c.key] for c in a.plan.priced_calls()) for a in archs], dtype=float),
-        ys,
-        [prof[k] / kern[k] for k in prof if kern[k]],
-    )
+
+    def sums(main: dict[str, float], shared: dict[str, float]) -> np.ndarray:
+        return np.array([sum(ms for _, ms in block_prices(a.plan, main, shared)) for a in archs], dtype=float)
+
+    kernel_ms = fit_kernel_ms(sums(prof, {}), sums(kern, {}), ys, [prof[k] / kern[k] for k in prof if kern[k]])
     for r in table:
         r["latency_ms"] = max(0.0, r["profiled_ms"] - kernel_ms * (r["kernels"] or 0))
+        r["shared_ms"] = (
+            max(0.0, r["shared_profiled_ms"] - kernel_ms * (r["shared_kernels"] or 0))
+            if r["shared_profiled_ms"] is not None
+            else None
+        )
     lat = {r["key"]: r["latency_ms"] for r in table}
-    xs = np.array([sum(lat[c.key] for c in a.plan.priced_calls()) for a in archs])
+    xs = sums(lat, {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None})
     from hwnas.supernet import fastest_sum
 
     space = _space_from_meta(space_meta, work)
@@ -300,6 +320,9 @@ def assemble(
             "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",
             "latency_ms": "max(0, profiled_ms - kernel_ms * kernels): the block's in-network time without "
                           "what the node profiler adds to each kernel it times",
+            "roles": "a stride-1 cell edge whose op leads with a ReLU (hwnas.arch.role_priced) is priced at "
+                     "shared_ms where an earlier op's ReLU of the same input runs instead of its own (ONNX "
+                     "Runtime merges them), at latency_ms where it reads the input first",
             "fit": "relative least squares over the probe and calibration networks",
             "scale": float(scale), "overhead_ms": float(overhead), "kernel_ms": float(kernel_ms),
             "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
