@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -40,6 +41,16 @@ def test_a_saved_lut_predicts_exactly_what_its_files_do(tiny_lut: LUT, tmp_path:
     for _ in range(20):
         a = sp.sample(r2)
         assert lut.predict(a).total_ms == again.predict(a).total_ms
+
+
+def test_a_lut_from_before_the_relu_roles_loads_as_it_was() -> None:
+    """The shipped LUT predates the shared-ReLU columns: it loads, prices nothing by role, and
+    keeps the hash the arch files and runs priced by it recorded."""
+    path = Path(__file__).resolve().parent.parent / "latency_tables" / "cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv"
+    assert "shared_ms" not in path.read_text().splitlines()[0]
+    lut = LUT.load(path)
+    assert lut.shared == {} and lut.table["shared_ms"].isna().all()
+    assert lut.sha256 == hashlib.sha256(path.read_bytes()).hexdigest() == lut.meta["csv_sha256"]
 
 
 def test_metadata_records_provenance(tiny_lut: LUT) -> None:
