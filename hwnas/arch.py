@@ -74,18 +74,17 @@ class Plan:
             first = not relu or n.inputs[0] not in seen
             if relu:
                 seen.add(n.inputs[0])
-            roles.append(("own" if first else "shared") if role_priced(n) else "")
+            roles.append(("own" if first else "shared") if role_priced(n.call, n.tag) else "")
         return tuple(roles)
 
 
-def role_priced(node: Node) -> bool:
-    """A node the LUT prices by its ReLU's role: a stride-1 cell edge whose op leads with a ReLU.
+def role_priced(call: OpCall, tag: tuple[Any, ...]) -> bool:
+    """Whether the LUT prices ``call`` at a plan node tagged ``tag`` by its ReLU's role: a stride-1
+    cell edge whose op leads with a ReLU.
 
     Chosen on DARTS @ 32 timings (bench/RESULTS.md): with roles, Spearman rose for 8 of 8 LUTs;
     stride-2 edges, whose first reader also gets the layout reorders of its input, did worse."""
-    return (
-        bool(node.tag) and node.tag[0] == "edge" and node.call.leading_relu and node.call.param_dict.get("stride") == 1
-    )
+    return tag[:1] == ("edge",) and call.leading_relu and call.param_dict.get("stride") == 1
 
 
 @dataclass(frozen=True)

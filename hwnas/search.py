@@ -174,7 +174,7 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     now = lut.predict(arch).total_ms
     swaps = 0
 
-    additive = net.price_space.kind == "blocks" or not lut.shared
+    additive = not lut.shared  # only DARTS edges have ReLU roles
 
     def after(now: float, n: int, i: int) -> float:
         """The prediction (ms) once decision ``n`` takes choice ``i``."""

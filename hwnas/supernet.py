@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.arch import Arch, Node, Plan, role_priced, walk_cells
+from hwnas.arch import Arch, Plan, role_priced, walk_cells
 from hwnas.lut import LUT
 from hwnas.ops import OpCall, make_call
 from hwnas.ops.blocks import MBConv
@@ -314,9 +314,7 @@ class Supernet(nn.Module):
             self.nodes[i].register_buffer("lat_ms", torch.tensor(lat))
             # a DARTS edge's price where an earlier edge's ReLU of its input runs instead of its own
             shared = [
-                lut.shared.get(c.key, ms)
-                if c.priced and role_priced(Node(c, node.inputs, node.where, node.tag))
-                else ms
+                lut.shared.get(c.key, ms) if c.priced and role_priced(c, node.tag) else ms
                 for c, ms in zip(calls, lat, strict=True)
             ]
             self.nodes[i].register_buffer("shared_ms", torch.tensor(shared), persistent=False)

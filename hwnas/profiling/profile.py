@@ -621,6 +621,11 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None,
         ) from None
     if not times_csv.exists():
         raise HwnasError(f"{times_csv}: no such file; run `python ort_runner.py {folder}` on the target first")
+    problem = runner.not_results(times_csv)
+    if problem:
+        raise HwnasError(
+            f"{times_csv}: {problem}; give the times.csv the runner wrote beside {folder / runner.MANIFEST}"
+        )
     info_path = times_csv.with_name(times_csv.stem + ".info.json")
     info = runner.read_json_object(info_path) if info_path.exists() else {}
     if info is None:
@@ -645,11 +650,6 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None,
         "imported_from": str(times_csv),
         "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip
-    problem = runner.not_results(times_csv)
-    if problem:
-        raise HwnasError(
-            f"{times_csv}: {problem}; give the times.csv the runner wrote beside {folder / runner.MANIFEST}"
-        )
     rows = read_rows(times_csv)
     if not rows:
         raise HwnasError(f"{times_csv}: holds no timings yet; run `python ort_runner.py {folder}` on the target")
