@@ -92,6 +92,12 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def signed_pct(share: float) -> str:
+    """``share`` (0.05 = 5 %) as a signed percentage with one decimal, ``+0.0`` for a rounding
+    error's ``-0.0`` (a prediction equal to the measurement up to floating point)."""
+    return f"{round(share * 100, 1) + 0.0:+.1f}"
+
+
 def options_given(ctx: typer.Context, exclude: set[str]) -> list[str]:
     """The options of ``ctx``'s command the user gave (on the command line or from the
     environment), other than those named in ``exclude`` (parameter names), as their flags."""
@@ -562,10 +568,10 @@ def measure(
     if drift and then is not None:
         line += (
             f"; {then:.3f} ms at the profile's machine speed (its {len(refs)} probe networks, timed alongside, "
-            f"ran {(drift - 1) * 100:+.1f} % vs then)"
+            f"ran {signed_pct(drift - 1)} % vs then)"
         )
     if pred is not None:
-        line += f"; predicted {pred:.3f} ms ({(pred / (then or ms) - 1) * 100:+.1f}%)"
+        line += f"; predicted {pred:.3f} ms ({signed_pct(pred / (then or ms) - 1)}%)"
     out.print(line)
 
 
@@ -681,9 +687,9 @@ def export(
         lat = f"  latency ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}): measured {measured:.3f} ms"
         if r.drift:  # compare the prediction and the budget with the network at the profile's speed
             measured /= r.drift
-            lat += f" ({measured:.3f} ms at the profile's machine speed: its probe networks ran {(r.drift - 1) * 100:+.1f} %)"
+            lat += f" ({measured:.3f} ms at the profile's machine speed: its probe networks ran {signed_pct(r.drift - 1)} %)"
         if r.predicted_ms is not None:
-            lat += f", predicted {r.predicted_ms:.3f} ms ({(r.predicted_ms / measured - 1) * 100:+.1f}%)"
+            lat += f", predicted {r.predicted_ms:.3f} ms ({signed_pct(r.predicted_ms / measured - 1)}%)"
         if r.budget_ms is not None:
             lat += f", budget {r.budget_ms:.3f} ms (measured {'within' if measured <= r.budget_ms else 'OVER'})"
         lines.append(lat)
