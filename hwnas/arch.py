@@ -17,6 +17,7 @@ the plan, so they cannot disagree about what a network contains.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,29 +63,42 @@ class Plan:
         """Calls that the LUT prices (everything but ``zero``/``none``)."""
         return [n.call for n in self.nodes if n.call.priced]
 
-    def relu_roles(self) -> tuple[str, ...]:
-        """Per node, the role of its leading ReLU where the LUT prices it: ``"shared"`` for a
-        role-priced node (:func:`role_priced`) whose input an earlier node's leading ReLU already
-        reads (ONNX Runtime merges identical ReLUs of one tensor: the later op runs one kernel
-        fewer), ``"own"`` for one that reads it first, ``""`` for every other node."""
+    def roles(self) -> tuple[str, ...]:
+        """Per node, the role the LUT prices it in (:func:`role_priced`): ``"shared"`` where ONNX
+        Runtime runs the node's work inside another node's kernel, ``"own"`` where it runs its own,
+        ``""`` for nodes priced one way.
+
+        * A stride-1 cell edge whose op leads with a ReLU shares it when an earlier node's leading
+          ReLU already reads its input (the runtime merges identical ReLUs of one tensor, so the
+          later op runs one kernel fewer).
+        * A cell node's sum (``add``) shares when one of its inputs is written by a conv
+          (:attr:`OpCall.trailing_conv`) that only the sum reads: the runtime fuses the Add into
+          that conv. Otherwise the Add runs as a kernel of its own.
+        """
+        readers = Counter(j for n in self.nodes for j in n.inputs)
         seen: set[int] = set()
         roles = []
         for n in self.nodes:
-            relu = n.call.leading_relu
-            first = not relu or n.inputs[0] not in seen
-            if relu:
+            if n.call.op == "add":
+                fused = any(j >= 0 and readers[j] == 1 and self.nodes[j].call.trailing_conv for j in n.inputs)
+                shared = fused
+            else:
+                shared = n.call.leading_relu and n.inputs[0] in seen
+            if n.call.leading_relu:
                 seen.add(n.inputs[0])
-            roles.append(("own" if first else "shared") if role_priced(n.call, n.tag) else "")
+            roles.append(("shared" if shared else "own") if role_priced(n.call, n.tag) else "")
         return tuple(roles)
 
 
 def role_priced(call: OpCall, tag: tuple[Any, ...]) -> bool:
-    """Whether the LUT prices ``call`` at a plan node tagged ``tag`` by its ReLU's role: a stride-1
-    cell edge whose op leads with a ReLU.
+    """Whether the LUT prices ``call`` at a plan node tagged ``tag`` by its role
+    (:meth:`Plan.roles`): a stride-1 cell edge whose op leads with a ReLU, or a cell node's sum.
 
-    Chosen on DARTS @ 32 timings (bench/RESULTS.md): with roles, Spearman rose for 8 of 8 LUTs;
-    stride-2 edges, whose first reader also gets the layout reorders of its input, did worse."""
-    return tag[:1] == ("edge",) and call.leading_relu and call.param_dict.get("stride") == 1
+    Chosen on DARTS @ 32 timings (bench/RESULTS.md). Edges: with roles, Spearman rose for 8 of 8
+    LUTs; stride-2 edges, whose first reader also gets the layout reorders of its input, did
+    worse. Sums: in eight profiles (3 December) an Add with a conv input measured 0 in all 2,848
+    network contexts, one without 5-16 µs in all 992, which a single price cannot be."""
+    return call.op == "add" or (tag[:1] == ("edge",) and call.leading_relu and call.param_dict.get("stride") == 1)
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
 ``context_n``
     how many (network, position) samples ``latency_ms`` is the median of
 ``shared_ms, shared_profiled_ms, shared_kernels, shared_n``
-    for a key priced by its ReLU's role (:func:`hwnas.arch.role_priced`: a stride-1 DARTS edge
-    whose op leads with a ReLU), its figures where an earlier edge's ReLU of the same input was
-    merged with its own (one kernel fewer); ``latency_ms`` etc. are then the key's figures where
-    it reads the input first. Empty for other keys and where the profile saw only one role.
+    for a key priced by its role (:func:`hwnas.arch.role_priced`: a stride-1 DARTS edge whose op
+    leads with a ReLU, a DARTS node's sum), its figures where ONNX Runtime runs part of its work
+    inside another node's kernel (:meth:`hwnas.arch.Plan.roles`: an earlier edge's ReLU of the
+    same input merged with its own, the sum fused into a conv that writes one of its inputs);
+    ``latency_ms`` etc. are then the key's figures where it runs on its own. Empty for other keys
+    and where the profile saw only one role.
 
 Prediction of a network: ``scale * sum(latency_ms of its blocks) + overhead_ms`` (``shared_ms``
 for a block whose role is shared, where the table has it), with ``scale``
@@ -112,7 +114,7 @@ class LUT:
             {k: float(v) for k, v in zip(table["key"], shared, strict=True) if math.isfinite(v)}
             if shared is not None
             else {}
-        )  # the price of a key in the "shared" role (Plan.relu_roles), where the profile saw it
+        )  # the price of a key in the "shared" role (Plan.roles), where the profile saw it
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -268,12 +270,12 @@ class LUT:
 
 
 def block_prices(plan: Plan, main: Mapping[str, float], shared: Mapping[str, float]) -> list[tuple[Node, float]]:
-    """Each priced node of ``plan`` with its figure: ``shared[key]`` where the node's ReLU role
-    (:meth:`hwnas.arch.Plan.relu_roles`) is shared and the table has the key in that role, else
+    """Each priced node of ``plan`` with its figure: ``shared[key]`` where the node's role
+    (:meth:`hwnas.arch.Plan.roles`) is shared and the table has the key in that role, else
     ``main[key]``. How a LUT prices a network, and how a profile sums its networks' blocks."""
     return [
         (n, shared[n.call.key] if r == "shared" and n.call.key in shared else main[n.call.key])
-        for n, r in zip(plan.nodes, plan.relu_roles(), strict=True)
+        for n, r in zip(plan.nodes, plan.roles(), strict=True)
         if n.call.priced
     ]
 

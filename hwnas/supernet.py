@@ -18,11 +18,13 @@ from the LUT when the supernet is built::
     E[lat] = scale * (fixed + sum over mixed ops m of  w_m * softmax(alpha_m) . lat_m) + overhead
 
 ``fixed`` sums the blocks every derived network has (stem, head, single-choice layers; for DARTS
-the preprocessing, two-input node sums and concats). For block spaces ``w_m = 1``. A derived
+the preprocessing and concats). For block spaces ``w_m = 1``. A derived
 DARTS cell keeps, per node, the two incoming edges with the strongest non-``none`` op, and that
 op; so an edge's latency is ``q . lat`` with ``q`` the softmax over its non-``none`` logits, and
 it is weighted by ``w = min(1, 2 * s / sum of s over the node's edges)`` with ``s`` the edge's
 strongest non-``none`` probability: the expectation estimates the derived cell, not the dense one.
+DARTS edges and node sums priced by their role (:meth:`hwnas.arch.Plan.roles`) are priced at
+each role's figure weighted by its chance (:meth:`Supernet._cells_expected`).
 """
 
 from __future__ import annotations
@@ -321,7 +323,24 @@ class Supernet(nn.Module):
             self.nodes[i].register_buffer(
                 "relu", torch.tensor([float(c.leading_relu) for c in calls]), persistent=False
             )
-        self.register_buffer("fixed_ms", torch.tensor(sum(lut.latency[c.key] for c in price.fixed if c.priced)))
+            self.nodes[i].register_buffer(
+                "conv", torch.tensor([float(c.trailing_conv) for c in calls]), persistent=False
+            )
+        cells = sp.kind == "cells"  # a cell node's sum is priced by its role in _cells_expected
+        fixed = sum(lut.latency[c.key] for c in price.fixed if c.priced and not (cells and c.op == "add"))
+        self.register_buffer("fixed_ms", torch.tensor(fixed))
+        sums: dict[tuple[int, int], list[float]] = {}  # (cell, node): the derived sum's (own, shared) ms
+        if cells:
+            for n in price.plan.nodes:
+                if n.call.op == "add":
+                    _, _, k, cell = price.plan.nodes[n.inputs[0]].tag
+                    key = make_call("add", {"n": 2}, n.call.in_shape).key
+                    sums[cell, _edge_of(k, int(sp.raw["nodes"]))[0]] = [
+                        lut.latency[key],
+                        lut.shared.get(key, lut.latency[key]),
+                    ]
+        self._sums = sorted(sums)
+        self.register_buffer("sum_ms", torch.tensor([sums[g] for g in self._sums]).reshape(-1, 2), persistent=False)
 
     def unaligned(self) -> list[str]:
         """Decisions whose candidates differ in structure, one line each (``row: a vs b``).
@@ -399,8 +418,10 @@ class Supernet(nn.Module):
         """The edges' expected price: each edge's op price under its kept ops' softmax ``q``, times
         ``w``, how surely the edge is one of its node's two kept (``2 s / sum s`` capped at 1, ``s``
         its strongest kept op's probability). An edge whose input an earlier kept edge's op
-        already reads with a leading ReLU is priced at ``shared_ms`` (:meth:`Plan.relu_roles`):
-        the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges."""
+        already reads with a leading ReLU is priced at ``shared_ms`` (:meth:`Plan.roles`):
+        the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges. A
+        node's sum runs on its own with the chance ``prod(1 - w q(op ending in a conv))`` over
+        its edges, else it is fused into a conv (``sum_ms``: its two prices)."""
         ops = self.space.cell_ops
         keep = torch.tensor([o != "none" for o in ops])
         nodes = int(self.space.raw["nodes"])
@@ -428,6 +449,9 @@ class Supernet(nn.Module):
             price = node.lat_ms[keep] + shared * (node.shared_ms - node.lat_ms)[keep]
             total = total + w[i] * (q @ price)
             free[src] = free.get(src, torch.ones(())) * (1 - w[i] * (q @ node.relu[keep]))
+        for g, (own, fused) in zip(self._sums, self.sum_ms, strict=True):
+            alone = torch.stack([1 - w[i] * (edges[i][1] @ self.nodes[i].conv[keep]) for i in by_node[g]]).prod()
+            total = total + fused + alone * (own - fused)
         return total
 
     # -- derivation -------------------------------------------------------------------------

@@ -76,8 +76,12 @@ def test_op_builds_shapes_exports_and_matches_ort(op: str, params: dict, shape: 
     (got,) = sess.run(None, {f"x{i}": x.numpy() for i, x in enumerate(xs)})
     np.testing.assert_allclose(got, y.numpy(), atol=1e-4, rtol=1e-4)
     # the registry's leading_relu (which the LUT's ReLU roles rest on) says what the graph does
-    readers = [n.op_type for n in onnx.load_from_string(onx).graph.node if "x0" in n.input]
+    graph = onnx.load_from_string(onx).graph
+    readers = [n.op_type for n in graph.node if "x0" in n.input]
     assert call.leading_relu == (readers == ["Relu"]), readers
+    # ... and its trailing_conv (which the price of a DARTS node's sum rests on)
+    writers = [n.op_type for n in graph.node if graph.output[0].name in n.output]
+    assert call.trailing_conv == (writers in (["Conv"], ["BatchNormalization"])), writers
 
 
 def test_key_is_canonical() -> None:

@@ -81,29 +81,31 @@ def test_expected_latency_equals_prediction_of_a_peaked_block_arch(luts: dict[st
     )
 
 
-def _two_sep_convs_per_node(lut: LUT) -> Supernet:
-    """A tiny_darts supernet whose alphas clearly pick sep_conv_3x3 on edges (0, 1) of node 0
-    and (1, 2) of node 1, every other edge clearly absent: node 1's edge from state 1 then
-    reads a state node 0's sep_conv already read with its leading ReLU (a shared role)."""
+def _one_hot_cells(lut: LUT, ops: tuple[str, str, str, str] = ("sep_conv_3x3",) * 4) -> Supernet:
+    """A tiny_darts supernet whose alphas clearly pick ``ops`` on edges (0, 1) of node 0 and
+    (1, 2) of node 1, in both cell types, every other edge clearly absent. With the default,
+    node 1's edge from state 1 reads a state node 0's sep_conv already read with its leading
+    ReLU (a shared role)."""
     sp = load_space("tiny_darts")
     net = Supernet(sp, make_strategy("softmax"), lut)
     none = sp.cell_ops.index("none")
+    picks = iter(ops)
     with torch.no_grad():
         for a in net.alphas:
             a.fill_(0.0)
             a[:, none] = 60.0  # every edge absent ...
+        edges = [(j, src) for j, pair in enumerate([(0, 1), (1, 2)]) for src in pair]
+        ops_of = dict(zip(edges, picks, strict=True))
         for c in range(2):
-            for j, (s0, s1) in enumerate([(0, 1), (1, 2)]):
-                base = sum(2 + i for i in range(j))
-                for src in (s0, s1):  # ... but two per node, each with a clear op
-                    row = net.alphas[c][base + src]
-                    row[none] = -60.0
-                    row[sp.cell_ops.index("sep_conv_3x3")] = 60.0
+            for (j, src), op in ops_of.items():  # ... but two per node, each with a clear op
+                row = net.alphas[c][sum(2 + i for i in range(j)) + src]
+                row[none] = -60.0
+                row[sp.cell_ops.index(op)] = 60.0
     return net
 
 
 def test_darts_expectation_estimates_the_derived_cell(luts: dict[str, LUT]) -> None:
-    net = _two_sep_convs_per_node(luts["tiny_darts"])
+    net = _one_hot_cells(luts["tiny_darts"])
     derived = net.derive()
     assert all(op == "sep_conv_3x3" for op, _ in derived.body["genotype"]["normal"])
     assert float(net.expected_latency_ms().detach()) == pytest.approx(
@@ -118,14 +120,36 @@ def test_an_edge_whose_relu_an_earlier_edge_runs_is_priced_apart(luts: dict[str,
     edge = table["op"].str.startswith(("sep_conv", "dil_conv")) & (table["params"] == "stride=1")
     table.loc[edge, "shared_ms"] = table.loc[edge, "latency_ms"] / 2  # a price the role visibly changes
     halved = LUT(table, lut.meta)
-    net = _two_sep_convs_per_node(halved)
+    net = _one_hot_cells(halved)
     derived = net.derive()
-    roles = dict(zip([n.where for n in derived.plan.nodes], derived.plan.relu_roles(), strict=True))
+    roles = dict(zip([n.where for n in derived.plan.nodes], derived.plan.roles(), strict=True))
     assert sorted(set(roles.values())) == ["", "own", "shared"], roles
-    shared = [w for w, r in roles.items() if r == "shared"]
-    assert all("node 1" in w for w in shared), "only node 1's edge from state 1 reads a state twice"
+    shared = [w for w, r in roles.items() if r == "shared" and "edge" in w]
+    assert shared and all("node 1" in w for w in shared), "only node 1's edge from state 1 reads a state twice"
     assert halved.predict(derived).total_ms < lut.predict(derived).total_ms
     assert float(net.expected_latency_ms().detach()) == pytest.approx(halved.predict(derived).total_ms, rel=1e-4)
+
+
+def test_a_sum_fused_into_a_conv_is_priced_apart_from_one_that_runs_alone(luts: dict[str, LUT]) -> None:
+    lut = luts["tiny_darts"]
+    table = lut.table.copy()
+    add = table["op"] == "add"
+    assert table.loc[add, "shared_ms"].notna().all(), "the probe networks see every sum in both roles"
+    table.loc[add, "latency_ms"] = 0.05  # prices the roles visibly apart: alone 50 µs, fused free
+    table.loc[add, "shared_ms"] = 0.0
+    priced = LUT(table, lut.meta)
+    # node 0 sums a pool and a skip (alone where the skip is the identity), node 1 a conv and a pool
+    net = _one_hot_cells(priced, ("max_pool_3x3", "skip_connect", "sep_conv_3x3", "avg_pool_3x3"))
+    derived = net.derive()
+    roles = {n.where: r for n, r in zip(derived.plan.nodes, derived.plan.roles(), strict=True) if n.call.op == "add"}
+    assert {r for w, r in roles.items() if "node 1" in w} == {"shared"}, roles
+    assert "own" in {r for w, r in roles.items() if "node 0" in w}, roles
+    assert float(net.expected_latency_ms().detach()) == pytest.approx(priced.predict(derived).total_ms, rel=1e-4)
+    alone = sum(r == "own" for r in roles.values())
+    assert priced.predict(derived).total_ms == pytest.approx(
+        lut.scale * alone * 0.05
+        + LUT(table.assign(latency_ms=table["latency_ms"].where(~add, 0.0)), lut.meta).predict(derived).total_ms
+    )
 
 
 def test_binary_runs_one_path_in_the_weight_step_and_two_in_the_arch_step(luts: dict[str, LUT]) -> None:

@@ -48,7 +48,12 @@ def _check_conv(shape: Shape, p: dict[str, Any]) -> None:
 
 
 @register_op(
-    "conv_bn_act", params=("act", "k", "out", "stride"), out_shape=_strided, check=_check_conv, text_params=("act",)
+    "conv_bn_act",
+    params=("act", "k", "out", "stride"),
+    out_shape=_strided,
+    check=_check_conv,
+    text_params=("act",),
+    trailing_conv=lambda s, p: p["act"] == "none",
 )
 class ConvBNAct(nn.Module):
     """Conv k x k (same padding) + BatchNorm + activation: the stem of every space."""
@@ -100,6 +105,7 @@ class ChannelShuffle(nn.Module):
     check=_check_mbconv,
     text_params=("act",),
     real_params=("e",),
+    trailing_conv=lambda s, p: not (p["stride"] == 1 and s[0] == p["out"]),  # else the residual's Add
 )
 class MBConv(nn.Module):
     """Inverted residual: [1x1 expand] + k x k depthwise + 1x1 project, residual when shapes match.
@@ -157,7 +163,13 @@ class ZeroBlock(nn.Identity):
         super().__init__()
 
 
-@register_op("skip", params=("out", "stride"), out_shape=_strided, check=_check_conv)
+@register_op(
+    "skip",
+    params=("out", "stride"),
+    out_shape=_strided,
+    check=_check_conv,
+    trailing_conv=lambda s, p: not (p["stride"] == 1 and s[0] == p["out"]),  # the projection
+)
 class Skip(nn.Module):
     """FBNet's skip: identity when the shape is kept, else a 1x1 conv + BN projection."""
 

@@ -105,7 +105,12 @@ class FactorizedReduceModule(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
-@_edge("skip_connect", check=_check_skip, leading_relu=lambda p: p["stride"] == 2)
+@_edge(
+    "skip_connect",
+    check=_check_skip,
+    leading_relu=lambda p: p["stride"] == 2,
+    trailing_conv=lambda s, p: p["stride"] == 2,
+)
 class SkipConnect(nn.Module):
     """Identity at stride 1; factorized reduce at stride 2."""
 
@@ -140,14 +145,14 @@ class _SepConv(nn.Module):
         return self.op(x)
 
 
-@_edge("sep_conv_3x3", leading_relu=True)
+@_edge("sep_conv_3x3", leading_relu=True, trailing_conv=True)
 class SepConv3x3(_SepConv):
     """Separable 3x3 conv, applied twice."""
 
     kernel = 3
 
 
-@_edge("sep_conv_5x5", leading_relu=True)
+@_edge("sep_conv_5x5", leading_relu=True, trailing_conv=True)
 class SepConv5x5(_SepConv):
     """Separable 5x5 conv, applied twice."""
 
@@ -173,14 +178,14 @@ class _DilConv(nn.Module):
         return self.op(x)
 
 
-@_edge("dil_conv_3x3", leading_relu=True)
+@_edge("dil_conv_3x3", leading_relu=True, trailing_conv=True)
 class DilConv3x3(_DilConv):
     """Dilated separable 3x3 conv (dilation 2, receptive field 5x5)."""
 
     kernel = 3
 
 
-@_edge("dil_conv_5x5", leading_relu=True)
+@_edge("dil_conv_5x5", leading_relu=True, trailing_conv=True)
 class DilConv5x5(_DilConv):
     """Dilated separable 5x5 conv (dilation 2, receptive field 9x9)."""
 
@@ -198,7 +203,14 @@ def _check_pre(shape: Shape, p: dict[str, Any]) -> None:
         raise OpError(f"kernel size must be odd and positive, got {p['k']}")
 
 
-@register_op("relu_conv_bn", params=("k", "out", "stride"), out_shape=_pre_shape, check=_check_pre, leading_relu=True)
+@register_op(
+    "relu_conv_bn",
+    params=("k", "out", "stride"),
+    out_shape=_pre_shape,
+    check=_check_pre,
+    leading_relu=True,
+    trailing_conv=True,
+)
 class ReLUConvBN(nn.Module):
     """ReLU + conv k x k + BN: DARTS's cell preprocessing (k=1)."""
 
@@ -216,7 +228,9 @@ def _fr_shape(shape: Shape, p: dict[str, Any]) -> Shape:
     return (int(p["out"]), shape[1] // 2, shape[2] // 2)
 
 
-@register_op("factorized_reduce", params=("out",), out_shape=_fr_shape, check=_check_even, leading_relu=True)
+@register_op(
+    "factorized_reduce", params=("out",), out_shape=_fr_shape, check=_check_even, leading_relu=True, trailing_conv=True
+)
 class FactorizedReduce(FactorizedReduceModule):
     """Factorized reduce as preprocessing of s0 when the previous cell reduced."""
 

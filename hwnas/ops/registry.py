@@ -82,6 +82,11 @@ class OpCall:
         return get_op(self.op).leading_relu(self.param_dict)
 
     @property
+    def trailing_conv(self) -> bool:
+        """The op's output is written by a conv (see :attr:`OpSpec.trailing_conv`)."""
+        return get_op(self.op).trailing_conv(self.in_shape, self.param_dict)
+
+    @property
     def priced(self) -> bool:
         """False for ops that cost nothing by definition (``zero``, ``none``)."""
         return get_op(self.op).priced
@@ -173,6 +178,9 @@ class OpSpec:
     # does the op (with these params) start with a ReLU of its input? ONNX Runtime merges identical
     # ReLUs of one input, so of two such ops reading the same tensor the later runs one kernel fewer
     leading_relu: Callable[[dict[str, Any]], bool] = lambda p: False
+    # is the op's output written by a Conv or BatchNormalization (which ONNX Runtime's x86 layout
+    # transformer runs as a conv)? The runtime then fuses an Add that reads it into that kernel
+    trailing_conv: Callable[[Shape, dict[str, Any]], bool] = lambda s, p: False
 
 
 _REGISTRY: dict[str, OpSpec] = {}
@@ -193,6 +201,7 @@ def register_op(
     text_params: tuple[str, ...] = (),
     real_params: tuple[str, ...] = (),
     leading_relu: Callable[[dict[str, Any]], bool] | bool = False,
+    trailing_conv: Callable[[Shape, dict[str, Any]], bool] | bool = False,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register an ``nn.Module`` whose constructor is ``cls(c_in, **params)``.
 
@@ -200,16 +209,19 @@ def register_op(
     number); :func:`make_call` refuses a value of another kind.
 
     ``leading_relu``: whether the module starts with a ReLU of its input (a bool, or a function
-    of the params). Registering a name twice raises, as torchvision's model registry does.
+    of the params). ``trailing_conv``: whether its output is written by a conv or BN (a bool, or
+    a function of the input shape and params). Both are checked against each op's ONNX graph in
+    the tests. Registering a name twice raises, as torchvision's model registry does.
     """
     relu = leading_relu if callable(leading_relu) else (lambda p, v=bool(leading_relu): v)
+    conv = trailing_conv if callable(trailing_conv) else (lambda s, p, v=bool(trailing_conv): v)
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise OpError(f"op {name!r} is already registered (by {_REGISTRY[name].cls.__name__})")
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         _REGISTRY[name] = OpSpec(
-            name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params, relu
+            name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params, relu, conv
         )
         return cls
 

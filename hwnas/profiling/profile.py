@@ -248,7 +248,7 @@ def assemble(
     kernels: dict[tuple[str, str], list[int]] = defaultdict(list)
     for name, arch in work.nets.items():
         plan = arch.plan
-        for i, (node, role) in enumerate(zip(plan.nodes, plan.relu_roles(), strict=True)):
+        for i, (node, role) in enumerate(zip(plan.nodes, plan.roles(), strict=True)):
             if node.call.priced:
                 for g in ((node.call.key, "shared" if role == "shared" else ""), (node.call.key, "*")):
                     context[g].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
@@ -320,9 +320,11 @@ def assemble(
             "formula": "predicted_ms = scale * sum(latency_ms of the network's blocks) + overhead_ms",
             "latency_ms": "max(0, profiled_ms - kernel_ms * kernels): the block's in-network time without "
                           "what the node profiler adds to each kernel it times",
-            "roles": "a stride-1 cell edge whose op leads with a ReLU (hwnas.arch.role_priced) is priced at "
-                     "shared_ms where an earlier op's ReLU of the same input runs instead of its own (ONNX "
-                     "Runtime merges them), at latency_ms where it reads the input first",
+            "roles": "a key priced by its role (hwnas.arch.role_priced: a stride-1 cell edge whose op leads "
+                     "with a ReLU, a cell node's sum) is priced at shared_ms where ONNX Runtime runs part of "
+                     "its work in another node's kernel (an earlier op's ReLU of the same input, a conv "
+                     "writing one of the sum's inputs that the Add is fused into), at latency_ms where it "
+                     "runs on its own",
             "fit": "relative least squares over the probe and calibration networks",
             "scale": float(scale), "overhead_ms": float(overhead), "kernel_ms": float(kernel_ms),
             "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
