@@ -1,6 +1,7 @@
 """Value checks shared by every validator of user files (space files, arch JSON, LUT metadata,
 checkpoints, run files): JSON and TOML give ``True`` where a number is expected, and ``bool`` is
-an ``int`` to Python, so a plain ``isinstance`` lets it through."""
+an ``int`` to Python, so a plain ``isinstance`` lets it through; and the one formatter of signed
+percentages the commands and the report print."""
 
 from __future__ import annotations
 
@@ -21,3 +22,9 @@ def is_number(v: Any) -> bool:
         return math.isfinite(v)
     except OverflowError:  # an int of hundreds of digits, from TOML or JSON
         return False
+
+
+def signed_pct(share: float) -> str:
+    """``share`` (0.05 = 5 %) as a signed percentage with one decimal, ``+0.0`` for a rounding
+    error's ``-0.0`` (a prediction equal to the measurement up to floating point)."""
+    return f"{round(share * 100, 1) + 0.0:+.1f}"

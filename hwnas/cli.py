@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hwnas.checks import signed_pct
 from hwnas.errors import HwnasError, UsageError, check_out_path
 
 if TYPE_CHECKING:  # imported where used: the CLI starts fast
@@ -90,12 +91,6 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def signed_pct(share: float) -> str:
-    """``share`` (0.05 = 5 %) as a signed percentage with one decimal, ``+0.0`` for a rounding
-    error's ``-0.0`` (a prediction equal to the measurement up to floating point)."""
-    return f"{round(share * 100, 1) + 0.0:+.1f}"
 
 
 def options_given(ctx: typer.Context, exclude: set[str]) -> list[str]:

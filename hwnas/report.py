@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 
 from hwnas.arch import Arch
-from hwnas.checks import is_number
+from hwnas.checks import is_number, signed_pct
 from hwnas.errors import HwnasError, check_out_path
 from hwnas.lut import LUT, Prediction, atomic_write
 
@@ -229,7 +229,7 @@ def _check_fidelity(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] | No
 def _drift_note(fidelity: dict[str, Any]) -> str:
     """How the fidelity figures were read: at the profile's machine speed when the report had a drift."""
     d = fidelity.get("drift_removed")
-    return f" (at the profile's machine speed: drift {(d - 1) * 100:+.1f} % removed)" if d else ""
+    return f" (at the profile's machine speed: drift {signed_pct(d - 1)} % removed)" if d else ""
 
 
 def _check_random_nets(run: Run, doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -621,7 +621,7 @@ def draw_strip(arch: Arch, pred: Prediction | None, aligned: list[LayerSlot] | N
         top.set_ylabel("% of predicted latency")
         top.set_title(
             f"predicted {pred.total_ms:.3f} ms = {pred.scale:.3f} × Σ blocks ({pred.sum_ms:.3f} ms) "
-            f"{'+' if ov >= 0 else '−'} {abs(ov):.3f} ms overhead ({100 * ov / pred.total_ms:+.1f} %)",
+            f"{'+' if ov >= 0 else '−'} {abs(ov):.3f} ms overhead ({signed_pct(ov / pred.total_ms)} %)",
             fontsize=9,
         )
         top.spines[["top", "right"]].set_visible(False)
@@ -915,7 +915,7 @@ def summary_table(run: Run, page: _Page) -> pd.DataFrame:
     add("predicted latency", _fmt_ms(pred) + share, "arch.json info (the search's LUT)")
     if run.measured is not None:
         ms, src = run.measured
-        rel = f" (predicted {(pred / ms - 1) * 100:+.1f} %)" if is_number(pred) else ""
+        rel = f" (predicted {signed_pct(pred / ms - 1)} %)" if is_number(pred) else ""
         add("measured latency", f"{ms:.3f} ms{rel}", src)
     else:
         add("measured latency", "not in this run", "hwnas measure … --json > measure.json")

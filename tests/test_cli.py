@@ -389,7 +389,7 @@ def test_measure_reads_the_network_at_the_profiles_speed(
     assert doc["measured_at_profile_speed_ms"] == pytest.approx(pred)
     res = run("measure", arch, "--lut", tiny_lut_path, "--rounds", "3")
     assert f"{pred:.3f} ms at the profile's machine speed" in res.stdout and "(+0.0%)" in res.stdout, res.output
-    from hwnas.cli import signed_pct
+    from hwnas.checks import signed_pct
 
     assert signed_pct(-1e-16) == "+0.0", "the drift divided out exactly up to floating point reads +0.0, not -0.0"
     doc = json.loads(run("measure", arch, "--lut", tiny_lut_path, "--no-references", "--json").stdout)
