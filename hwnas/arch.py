@@ -71,9 +71,16 @@ class Plan:
         * A stride-1 cell edge whose op leads with a ReLU shares it when an earlier node's leading
           ReLU already reads its input (the runtime merges identical ReLUs of one tensor, so the
           later op runs one kernel fewer).
-        * A cell node's sum (``add``) shares when one of its inputs is written by a conv
-          (:attr:`OpCall.trailing_conv`) that only the sum reads: the runtime fuses the Add into
-          that conv. Otherwise the Add runs as a kernel of its own.
+        * A cell node's two-input sum (``add``) shares when one of its inputs is written by a
+          conv (:attr:`OpCall.trailing_conv`) that only the sum reads: the runtime fuses the Add
+          into that conv. Otherwise the Add runs as a kernel of its own.
+
+        A role says what the runtime may do; the profile prices each key in each role from what
+        it measured, so where the runtime does not do it for a shape (ONNX Runtime fuses the Add
+        only where its blocked NCHWc layout applies, e.g. channel counts that fit the CPU's block)
+        the key's two prices come out alike. Not modelled: an identity skip whose state nothing
+        else reads passes that state's conv to the sum, which the runtime then fuses too (rare:
+        0.05 per random DARTS @ 32 network).
         """
         readers = Counter(j for n in self.nodes for j in n.inputs)
         seen: set[int] = set()

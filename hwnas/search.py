@@ -161,8 +161,9 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     budget, the one giving up the least log-probability per ms gained: latency the target can
     afford is spent where the search was least sure. ``floor = 0`` skips that. Returns the arch and
     the number of swaps. Latencies move by the LUT's per-choice costs (the prediction is additive),
-    except where the LUT prices DARTS edges by their ReLU's role (a swap can change another edge's
-    role): there each candidate swap is priced by :meth:`LUT.predict` of the network it makes. The
+    except where the LUT prices blocks by their role (:meth:`hwnas.arch.Plan.roles`: a DARTS swap
+    can change another edge's ReLU role, or whether its node's sum is fused): there each candidate
+    swap is priced by :meth:`LUT.predict` of the network it makes. The
     result is checked against :meth:`LUT.predict`.
     """
     costs = row_costs(structure(net.price_space), lut.latency)
@@ -174,7 +175,7 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     now = lut.predict(arch).total_ms
     swaps = 0
 
-    additive = not lut.shared  # only DARTS edges have ReLU roles
+    additive = not lut.shared  # only DARTS LUTs price blocks by role
 
     def after(now: float, n: int, i: int) -> float:
         """The prediction (ms) once decision ``n`` takes choice ``i``."""

@@ -15,7 +15,8 @@ Architecture parameters are real ``nn.Parameter`` s, kept apart from the weights
 Expected latency (ms), the same formula for every strategy, from latency buffers filled once
 from the LUT when the supernet is built::
 
-    E[lat] = scale * (fixed + sum over mixed ops m of  w_m * softmax(alpha_m) . lat_m) + overhead
+    E[lat] = scale * (fixed + sum over mixed ops m of  w_m * softmax(alpha_m) . lat_m
+                      + sum over DARTS nodes of their sum's expected price) + overhead
 
 ``fixed`` sums the blocks every derived network has (stem, head, single-choice layers; for DARTS
 the preprocessing and concats). For block spaces ``w_m = 1``. A derived
@@ -24,13 +25,15 @@ op; so an edge's latency is ``q . lat`` with ``q`` the softmax over its non-``no
 it is weighted by ``w = min(1, 2 * s / sum of s over the node's edges)`` with ``s`` the edge's
 strongest non-``none`` probability: the expectation estimates the derived cell, not the dense one.
 DARTS edges and node sums priced by their role (:meth:`hwnas.arch.Plan.roles`) are priced at
-each role's figure weighted by its chance (:meth:`Supernet._cells_expected`).
+each role's figure weighted by its chance (:meth:`Supernet._cells_expected`); at a one-hot choice
+the expectation is the LUT's prediction of the derived network (tested over random genotypes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -299,8 +302,10 @@ class Supernet(nn.Module):
             self._fill_latency(lut)
 
     def _fill_latency(self, lut: LUT) -> None:
-        """Latency buffers (ms) per mixed op and the fixed part, read once from the LUT at the
-        deployment shape; mixed ops correspond one to one, in plan order."""
+        """Latency buffers (ms) per mixed op and the fixed part, read from the LUT at the
+        deployment shape (on the architecture parameters' device); mixed ops correspond one to
+        one, in plan order."""
+        dev = self.alphas[0].device
         price = structure(self.price_space)
         priced = [price.mixed[i][0] for i in sorted(price.mixed)]
         if len(priced) != len(self._mixed_idx):
@@ -313,22 +318,22 @@ class Supernet(nn.Module):
         for i, j in zip(self._mixed_idx, sorted(price.mixed), strict=True):
             calls, node = price.mixed[j][0], price.plan.nodes[j]
             lat = [lut.latency[c.key] if c.priced else 0.0 for c in calls]
-            self.nodes[i].register_buffer("lat_ms", torch.tensor(lat))
+            self.nodes[i].register_buffer("lat_ms", torch.tensor(lat, device=dev))
             # a DARTS edge's price where an earlier edge's ReLU of its input runs instead of its own
             shared = [
                 lut.shared.get(c.key, ms) if c.priced and role_priced(c, node.tag) else ms
                 for c, ms in zip(calls, lat, strict=True)
             ]
-            self.nodes[i].register_buffer("shared_ms", torch.tensor(shared), persistent=False)
+            self.nodes[i].register_buffer("shared_ms", torch.tensor(shared, device=dev), persistent=False)
             self.nodes[i].register_buffer(
-                "relu", torch.tensor([float(c.leading_relu) for c in calls]), persistent=False
+                "relu", torch.tensor([float(c.leading_relu) for c in calls], device=dev), persistent=False
             )
             self.nodes[i].register_buffer(
-                "conv", torch.tensor([float(c.trailing_conv) for c in calls]), persistent=False
+                "conv", torch.tensor([float(c.trailing_conv) for c in calls], device=dev), persistent=False
             )
         cells = sp.kind == "cells"  # a cell node's sum is priced by its role in _cells_expected
         fixed = sum(lut.latency[c.key] for c in price.fixed if c.priced and not (cells and c.op == "add"))
-        self.register_buffer("fixed_ms", torch.tensor(fixed))
+        self.register_buffer("fixed_ms", torch.tensor(fixed, device=dev))
         sums: dict[tuple[int, int], list[float]] = {}  # (cell, node): the derived sum's (own, shared) ms
         if cells:
             for n in price.plan.nodes:
@@ -340,7 +345,18 @@ class Supernet(nn.Module):
                         lut.shared.get(key, lut.latency[key]),
                     ]
         self._sums = sorted(sums)
-        self.register_buffer("sum_ms", torch.tensor([sums[g] for g in self._sums]).reshape(-1, 2), persistent=False)
+        self.register_buffer(
+            "sum_ms", torch.tensor([sums[g] for g in self._sums], device=dev).reshape(-1, 2), persistent=False
+        )
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """As :meth:`nn.Module.load_state_dict`, then the latency buffers are read from the LUT
+        again: a checkpoint of an older hwnas may hold them priced another way (before node sums
+        were priced by role, ``fixed_ms`` held them), and the LUT is the source of prices."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if self.lut is not None:
+            self._fill_latency(self.lut)
+        return result
 
     def unaligned(self) -> list[str]:
         """Decisions whose candidates differ in structure, one line each (``row: a vs b``).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from conftest import fast_settings
 
 from hwnas.lut import LUT
 from hwnas.profiling.profile import profile
-from hwnas.space import load_space
+from hwnas.space import Space, load_space
 from hwnas.strategies import STRATEGIES, Binary, make_strategy
 from hwnas.supernet import MixedOp, Supernet, _convs
 
@@ -124,8 +125,10 @@ def test_an_edge_whose_relu_an_earlier_edge_runs_is_priced_apart(luts: dict[str,
     derived = net.derive()
     roles = dict(zip([n.where for n in derived.plan.nodes], derived.plan.roles(), strict=True))
     assert sorted(set(roles.values())) == ["", "own", "shared"], roles
-    shared = [w for w, r in roles.items() if r == "shared" and "edge" in w]
-    assert shared and all("node 1" in w for w in shared), "only node 1's edge from state 1 reads a state twice"
+    edges = {w: r for w, r in roles.items() if "edge" in w}
+    shared = [w for w, r in edges.items() if r == "shared"]
+    assert "own" in edges.values() and shared, edges
+    assert all("node 1" in w for w in shared), "only node 1's edge from state 1 reads a state twice"
     assert halved.predict(derived).total_ms < lut.predict(derived).total_ms
     assert float(net.expected_latency_ms().detach()) == pytest.approx(halved.predict(derived).total_ms, rel=1e-4)
 
@@ -150,6 +153,55 @@ def test_a_sum_fused_into_a_conv_is_priced_apart_from_one_that_runs_alone(luts: 
         lut.scale * alone * 0.05
         + LUT(table.assign(latency_ms=table["latency_ms"].where(~add, 0.0)), lut.meta).predict(derived).total_ms
     )
+
+
+def _random_prices(sp: Space, seed: int) -> LUT:
+    """A LUT of random prices for every call of ``sp``, most keys with a random shared price."""
+    rng = random.Random(seed)
+    rows = []
+    for c in sp.calls():
+        ms = rng.uniform(0.005, 0.2)
+        shared = rng.uniform(0.0, ms) if rng.random() < 0.7 else float("nan")
+        rows.append({"key": c.key, "op": c.op, "params": c.param_str, "input": c.shape_str, "latency_ms": ms,
+                     "shared_ms": shared})  # fmt: skip
+    meta = {"space": sp.name, "input_size": sp.input_size, "width_mult": sp.width_mult, "device_kind": "cpu",
+            "backend": "onnxruntime", "threads": 1, "batch": 1, "model": {"scale": 1.3, "overhead_ms": 0.07}}  # fmt: skip
+    return LUT.from_rows(rows, meta)
+
+
+@pytest.mark.parametrize("space", ["tiny_darts", "darts"])
+def test_darts_expectation_is_the_prediction_at_random_one_hot_choices(space: str) -> None:
+    """Random genotypes (a third of the nodes pools and skips only, so sums run alone) under
+    random role prices: at a one-hot choice the expectation is the derived network's prediction."""
+    sp = load_space(space, 16)
+    lut = _random_prices(sp, 0)
+    net = Supernet(sp, make_strategy("softmax"), lut)
+    ops, nodes, rng = sp.cell_ops, int(sp.raw["nodes"]), random.Random(1)
+    cheap = ["max_pool_3x3", "avg_pool_3x3", "skip_connect"]
+    for _ in range(12):
+        with torch.no_grad():
+            for a in net.alphas:
+                a.fill_(0.0)
+                a[:, ops.index("none")] = 60.0
+                for j in range(nodes):
+                    pool = rng.random() < 1 / 3
+                    for src in rng.sample(range(2 + j), 2):
+                        row = a[sum(2 + i for i in range(j)) + src]
+                        row[ops.index("none")] = -60.0
+                        row[ops.index(rng.choice(cheap if pool else ops[1:]))] = 60.0
+        derived = net.derive()
+        assert float(net.expected_latency_ms().detach()) == pytest.approx(lut.predict(derived).total_ms, rel=1e-5)
+
+
+def test_a_checkpoint_does_not_carry_latency_prices(luts: dict[str, LUT]) -> None:
+    """A checkpoint of an older hwnas may hold the latency buffers priced another way (its
+    ``fixed_ms`` held the node sums): loading one keeps the LUT's prices."""
+    net = _one_hot_cells(luts["tiny_darts"])
+    want = float(net.expected_latency_ms().detach())
+    state = net.state_dict()
+    state["fixed_ms"] = state["fixed_ms"] + 1.0
+    net.load_state_dict(state)
+    assert float(net.expected_latency_ms().detach()) == pytest.approx(want)
 
 
 def test_binary_runs_one_path_in_the_weight_step_and_two_in_the_arch_step(luts: dict[str, LUT]) -> None:

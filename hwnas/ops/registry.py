@@ -179,7 +179,8 @@ class OpSpec:
     # ReLUs of one input, so of two such ops reading the same tensor the later runs one kernel fewer
     leading_relu: Callable[[dict[str, Any]], bool] = lambda p: False
     # is the op's output written by a Conv or BatchNormalization (which ONNX Runtime's x86 layout
-    # transformer runs as a conv)? The runtime then fuses an Add that reads it into that kernel
+    # transformer runs as a conv)? The runtime then may fuse an Add that reads it into that kernel
+    # (where its blocked layout applies to the channel count: hwnas.arch.Plan.roles)
     trailing_conv: Callable[[Shape, dict[str, Any]], bool] = lambda s, p: False
 
 
