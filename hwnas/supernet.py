@@ -331,6 +331,9 @@ class Supernet(nn.Module):
             self.nodes[i].register_buffer(
                 "conv", torch.tensor([float(c.trailing_conv) for c in calls], device=dev), persistent=False
             )
+            self.nodes[i].register_buffer(
+                "pure", torch.tensor([float(c.weightless) for c in calls], device=dev), persistent=False
+            )
         cells = sp.kind == "cells"  # a cell node's sum is priced by its role in _cells_expected
         fixed = sum(lut.latency[c.key] for c in price.fixed if c.priced and not (cells and c.op == "add"))
         self.register_buffer("fixed_ms", torch.tensor(fixed, device=dev))
@@ -435,7 +438,9 @@ class Supernet(nn.Module):
         ``w``, how surely the edge is one of its node's two kept (``2 s / sum s`` capped at 1, ``s``
         its strongest kept op's probability). An edge whose input an earlier kept edge's op
         already reads with a leading ReLU is priced at ``shared_ms`` (:meth:`Plan.roles`):
-        the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges. A
+        the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges; so is
+        a weightless op (a pool) that an earlier edge makes on the same input, with the chance
+        ``1 - prod(1 - w' q'(that op))``. A
         node's sum runs on its own with the chance ``prod(1 - w q(op ending in a conv))`` over
         its edges, else it is fused into a conv (``sum_ms``: its two prices)."""
         ops = self.space.cell_ops
@@ -454,6 +459,7 @@ class Supernet(nn.Module):
             w.update(zip(group, torch.clamp(2 * s / s.sum(), max=1.0), strict=True))
         total = torch.zeros(())
         free: dict[int, torch.Tensor] = {}  # per input: the chance no earlier kept op's ReLU reads it
+        unmade: dict[int, torch.Tensor] = {}  # per input and weightless op: the chance no earlier kept edge makes it
         for i, (node, ins) in enumerate(zip(self.nodes, self._inputs, strict=True)):
             src = ins[0] if ins else -1
             if i not in edges:
@@ -461,10 +467,13 @@ class Supernet(nn.Module):
                     free[src] = torch.zeros(())
                 continue
             q = edges[i][1]
-            shared = 1 - free.get(src, torch.ones(()))
+            relu, pure = node.relu[keep], node.pure[keep]
+            first = unmade.get(src, torch.ones_like(q))
+            shared = relu * (1 - free.get(src, torch.ones(()))) + pure * (1 - first)  # per op, by its role
             price = node.lat_ms[keep] + shared * (node.shared_ms - node.lat_ms)[keep]
             total = total + w[i] * (q @ price)
-            free[src] = free.get(src, torch.ones(())) * (1 - w[i] * (q @ node.relu[keep]))
+            free[src] = free.get(src, torch.ones(())) * (1 - w[i] * (q @ relu))
+            unmade[src] = first * (1 - w[i] * q * pure)
         for g, (own, fused) in zip(self._sums, self.sum_ms, strict=True):
             alone = torch.stack([1 - w[i] * (edges[i][1] @ self.nodes[i].conv[keep]) for i in by_node[g]]).prod()
             total = total + fused + alone * (own - fused)

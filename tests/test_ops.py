@@ -82,6 +82,8 @@ def test_op_builds_shapes_exports_and_matches_ort(op: str, params: dict, shape: 
     # ... and its trailing_conv (which the price of a DARTS node's sum rests on)
     writers = [n.op_type for n in graph.node if graph.output[0].name in n.output]
     assert call.trailing_conv == (writers in (["Conv"], ["BatchNormalization"])), writers
+    # ... and whether it is weightless (ONNX Runtime merges two such calls on one tensor)
+    assert call.weightless == (not list(module.parameters()) and not list(module.buffers()))
 
 
 def test_key_is_canonical() -> None:

@@ -155,7 +155,7 @@ def _check_zero(shape: Shape, p: dict[str, Any]) -> None:
         )
 
 
-@register_op("zero", params=("out", "stride"), out_shape=_same, check=_check_zero, priced=False)
+@register_op("zero", params=("out", "stride"), out_shape=_same, check=_check_zero, priced=False, weightless=True)
 class ZeroBlock(nn.Identity):
     """The block is dropped: its output is its input (ProxylessNAS's zero op in a residual block)."""
 
@@ -169,6 +169,7 @@ class ZeroBlock(nn.Identity):
     out_shape=_strided,
     check=_check_conv,
     trailing_conv=lambda s, p: not (p["stride"] == 1 and s[0] == p["out"]),  # the projection
+    weightless=lambda s, p: p["stride"] == 1 and s[0] == p["out"],  # the identity
 )
 class Skip(nn.Module):
     """FBNet's skip: identity when the shape is kept, else a 1x1 conv + BN projection."""

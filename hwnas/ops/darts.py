@@ -60,7 +60,7 @@ def _edge(name: str, **kw: Any):
     return register_op(name, params=("stride",), out_shape=_edge_shape, check=kw.pop("check", _check_edge), **kw)
 
 
-@_edge("none", priced=False)
+@_edge("none", priced=False, weightless=True)
 class NoneOp(nn.Module):
     """DARTS's ``none``: zeros of the output shape (the edge is absent in a derived cell)."""
 
@@ -72,7 +72,7 @@ class NoneOp(nn.Module):
         return x[:, :, :: self.stride, :: self.stride].mul(0.0)
 
 
-@_edge("max_pool_3x3")
+@_edge("max_pool_3x3", weightless=True)
 class MaxPool3x3(nn.MaxPool2d):
     """3x3 max pooling, padding 1."""
 
@@ -80,7 +80,7 @@ class MaxPool3x3(nn.MaxPool2d):
         super().__init__(3, stride=stride, padding=1)
 
 
-@_edge("avg_pool_3x3")
+@_edge("avg_pool_3x3", weightless=True)
 class AvgPool3x3(nn.AvgPool2d):
     """3x3 average pooling, padding 1, padding not counted (as DARTS)."""
 
@@ -110,6 +110,7 @@ class FactorizedReduceModule(nn.Module):
     check=_check_skip,
     leading_relu=lambda p: p["stride"] == 2,
     trailing_conv=lambda s, p: p["stride"] == 2,
+    weightless=lambda s, p: p["stride"] == 1,
 )
 class SkipConnect(nn.Module):
     """Identity at stride 1; factorized reduce at stride 2."""
@@ -247,7 +248,7 @@ def _check_n(shape: Shape, p: dict[str, Any]) -> None:
         raise OpError(f"n must be >= 2, got {p['n']}")
 
 
-@register_op("add", params=("n",), out_shape=_n_same, check=_check_n, arity=0)
+@register_op("add", params=("n",), out_shape=_n_same, check=_check_n, arity=0, weightless=True)
 class AddN(nn.Module):
     """Sum of ``n`` tensors of the input shape (a DARTS node)."""
 
@@ -266,7 +267,7 @@ def _cat_shape(shape: Shape, p: dict[str, Any]) -> Shape:
     return (shape[0] * int(p["n"]), shape[1], shape[2])
 
 
-@register_op("concat", params=("n",), out_shape=_cat_shape, check=_check_n, arity=0)
+@register_op("concat", params=("n",), out_shape=_cat_shape, check=_check_n, arity=0, weightless=True)
 class ConcatN(nn.Module):
     """Channel concat of ``n`` tensors of the input shape (a DARTS cell's output)."""
 

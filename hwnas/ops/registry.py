@@ -82,6 +82,11 @@ class OpCall:
         return get_op(self.op).leading_relu(self.param_dict)
 
     @property
+    def weightless(self) -> bool:
+        """The op has no weights (see :attr:`OpSpec.weightless`)."""
+        return get_op(self.op).weightless(self.in_shape, self.param_dict)
+
+    @property
     def trailing_conv(self) -> bool:
         """The op's output is written by a conv (see :attr:`OpSpec.trailing_conv`)."""
         return get_op(self.op).trailing_conv(self.in_shape, self.param_dict)
@@ -182,6 +187,9 @@ class OpSpec:
     # transformer runs as a conv)? The runtime then may fuse an Add that reads it into that kernel
     # (where its blocked layout applies to the channel count: hwnas.arch.Plan.roles)
     trailing_conv: Callable[[Shape, dict[str, Any]], bool] = lambda s, p: False
+    # has the op (with these params) no weights (parameters or buffers)? Two such calls on one
+    # tensor compute the same, and ONNX Runtime merges them (common-subexpression elimination)
+    weightless: Callable[[Shape, dict[str, Any]], bool] = lambda s, p: False
 
 
 _REGISTRY: dict[str, OpSpec] = {}
@@ -203,6 +211,7 @@ def register_op(
     real_params: tuple[str, ...] = (),
     leading_relu: Callable[[dict[str, Any]], bool] | bool = False,
     trailing_conv: Callable[[Shape, dict[str, Any]], bool] | bool = False,
+    weightless: Callable[[Shape, dict[str, Any]], bool] | bool = False,
 ) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: register an ``nn.Module`` whose constructor is ``cls(c_in, **params)``.
 
@@ -211,18 +220,20 @@ def register_op(
 
     ``leading_relu``: whether the module starts with a ReLU of its input (a bool, or a function
     of the params). ``trailing_conv``: whether its output is written by a conv or BN (a bool, or
-    a function of the input shape and params). Both are checked against each op's ONNX graph in
-    the tests. Registering a name twice raises, as torchvision's model registry does.
+    a function of the input shape and params). ``weightless``: whether it has no weights (a
+    bool, or a function of the input shape and params). All three are checked in the tests,
+    against each op's ONNX graph and module. Registering a name twice raises, as torchvision's model registry does.
     """
     relu = leading_relu if callable(leading_relu) else (lambda p, v=bool(leading_relu): v)
     conv = trailing_conv if callable(trailing_conv) else (lambda s, p, v=bool(trailing_conv): v)
+    pure = weightless if callable(weightless) else (lambda s, p, v=bool(weightless): v)
 
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
         if name in _REGISTRY:
             raise OpError(f"op {name!r} is already registered (by {_REGISTRY[name].cls.__name__})")
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         _REGISTRY[name] = OpSpec(
-            name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params, relu, conv
+            name, cls, params, out_shape, check, priced, arity, doc, text_params, real_params, relu, conv, pure
         )
         return cls
 

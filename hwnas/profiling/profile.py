@@ -321,10 +321,10 @@ def assemble(
             "latency_ms": "max(0, profiled_ms - kernel_ms * kernels): the block's in-network time without "
                           "what the node profiler adds to each kernel it times",
             "roles": "a key priced by its role (hwnas.arch.role_priced: a stride-1 cell edge whose op leads "
-                     "with a ReLU, a cell node's sum) is priced at shared_ms where ONNX Runtime runs part of "
-                     "its work in another node's kernel (an earlier op's ReLU of the same input, a conv "
-                     "writing one of the sum's inputs that the Add is fused into), at latency_ms where it "
-                     "runs on its own",
+                     "with a ReLU, a cell edge without weights, a cell node's sum) is priced at shared_ms where "
+                     "ONNX Runtime runs part or all of its work in another node's kernel (an earlier op's ReLU "
+                     "of the same input, an earlier edge's identical pool, a conv writing one of the sum's "
+                     "inputs that the Add is fused into), at latency_ms where it runs on its own",
             "fit": "relative least squares over the probe and calibration networks",
             "scale": float(scale), "overhead_ms": float(overhead), "kernel_ms": float(kernel_ms),
             "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
