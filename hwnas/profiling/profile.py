@@ -252,8 +252,8 @@ def assemble(
             if node.call.priced:
                 for g in ((node.call.key, "shared" if role == "shared" else ""), (node.call.key, "*")):
                     context[g].append(med.get(f"{name}#{i}", 0.0))  # absent: the runtime removed it
-                    if counted and f"{name}#{i}" in counts:
-                        kernels[g].append(counts[f"{name}#{i}"])
+                    if counted:
+                        kernels[g].append(counts.get(f"{name}#{i}", 0))  # absent: no kernel ran for it
 
     def median(xs: list[float] | list[int]) -> float | None:
         return statistics.median(xs) if xs else None
