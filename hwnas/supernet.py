@@ -305,7 +305,7 @@ class Supernet(nn.Module):
         """Latency buffers (ms) per mixed op and the fixed part, read from the LUT at the
         deployment shape (on the architecture parameters' device); mixed ops correspond one to
         one, in plan order."""
-        dev = self.alphas[0].device
+        dev = self.alphas[0].device if len(self.alphas) else torch.device("cpu")
         price = structure(self.price_space)
         priced = [price.mixed[i][0] for i in sorted(price.mixed)]
         if len(priced) != len(self._mixed_idx):
