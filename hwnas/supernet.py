@@ -319,7 +319,7 @@ class Supernet(nn.Module):
             calls, node = price.mixed[j][0], price.plan.nodes[j]
             lat = [lut.latency[c.key] if c.priced else 0.0 for c in calls]
             self.nodes[i].register_buffer("lat_ms", torch.tensor(lat, device=dev))
-            # a DARTS edge's price where an earlier edge's ReLU of its input runs instead of its own
+            # a DARTS edge's price in the shared role (Plan.roles: its ReLU or its pool run by an earlier edge)
             shared = [
                 lut.shared.get(c.key, ms) if c.priced and role_priced(c, node.tag) else ms
                 for c, ms in zip(calls, lat, strict=True)
@@ -440,9 +440,9 @@ class Supernet(nn.Module):
         already reads with a leading ReLU is priced at ``shared_ms`` (:meth:`Plan.roles`):
         the chance of that is ``1 - prod(1 - w' q'(ReLU-led op))`` over the earlier edges; so is
         a weightless op (a pool) that an earlier edge makes on the same input, with the chance
-        ``1 - prod(1 - w' q'(that op))``. A
-        node's sum runs on its own with the chance ``prod(1 - w q(op ending in a conv))`` over
-        its edges, else it is fused into a conv (``sum_ms``: its two prices)."""
+        ``1 - prod(1 - w' q'(that op))``. A node's sum runs on its own with the chance
+        ``prod(1 - w q(op ending in a conv))`` over its edges, else it is fused into a conv
+        (``sum_ms``: its two prices)."""
         ops = self.space.cell_ops
         keep = torch.tensor([o != "none" for o in ops])
         nodes = int(self.space.raw["nodes"])
