@@ -178,7 +178,7 @@ def main() -> None:
     val = a.out / "validation.json"
     if not val.exists():
         nets = archs + [x for _, x in probes]
-        jobs = [Job(f"arch{i}", "op", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
+        jobs = [Job(f"arch{i}", "model", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
         t0 = time.perf_counter()
         runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, timing))
         print(f"validation: {time.perf_counter() - t0:.0f} s", flush=True)

@@ -91,7 +91,7 @@ def measure_rounds_both(
     """One measurement, two readings: :func:`measure_rounds`'s, and the same rounds as timed."""
     check_target(s)
     _, load_net = loaders(s)
-    jobs = [Job(f"arch{i}", "op", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
+    jobs = [Job(f"arch{i}", "model", (lambda a=a: load_net(a))) for i, a in enumerate(archs)]
     rows = runner.time_job_rows(jobs, s.rounds, s.effective_timing, progress)
     steady = runner.round_values(rows, reading=s.reading)
     timed = runner.round_values(rows, steady=False, reading=s.reading)
@@ -169,7 +169,7 @@ def measure_beside(
     _, load_net = loaders(s)
     nets = [(lambda m=m: load_net(m)) if isinstance(m, Arch) else m for m in models]
     nets += [lambda a=a: load_net(a) for a, _ in refs]
-    jobs = [Job(f"model{i}" if i < len(models) else f"ref{i - len(models)}", "op", f) for i, f in enumerate(nets)]
+    jobs = [Job(f"model{i}" if i < len(models) else f"ref{i - len(models)}", "model", f) for i, f in enumerate(nets)]
     by = runner.time_jobs(jobs, s.rounds, timing or s.effective_timing, progress, reading=s.reading)
     figures = [float(np.median(by[j.name])) for j in jobs]
     return figures[: len(models)], drift_of(figures[len(models) :], refs)

@@ -17,7 +17,9 @@ from hwnas.space import load_space
 torch.set_num_threads(1)
 
 # Real timing, but short: tests check behaviour, benchmarks in bench/ check figures.
-FAST = TimingSettings(warmup_ms=1.0, min_warmup_runs=1, target_ms=1.0, min_runs=3, max_runs=50, profile_runs=3)
+FAST = TimingSettings(
+    warmup_ms=1.0, min_warmup_runs=1, target_ms=1.0, min_runs=3, max_runs=50, profile_runs=3, op_target_ms=1.0
+)
 
 
 def fast_settings(**kw) -> ProfileSettings:

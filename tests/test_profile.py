@@ -55,6 +55,33 @@ class _Counting:
         return {0: [0.5, 0.5]}
 
 
+class _Recording(_Counting):
+    """Records the timing settings each call gets, and which calls were made."""
+
+    def time(self, s: TimingSettings) -> list[float]:
+        self.log.append(f"time {s.target_ms:g}")
+        return super().time(s)
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        self.log.append("blocks")
+        return super().node_times(s)
+
+
+@pytest.mark.parametrize(
+    "kind, calls",
+    [("op", ["time 30"]), ("net", ["time 80", "blocks"]), ("model", ["time 80"])],
+)
+def test_run_jobs_times_each_kind_as_its_settings_say(tmp_path: Path, kind: str, calls: list[str]) -> None:
+    """A block alone measures for op_target_ms (its time prices nothing); a network for target_ms,
+    and only a ``net`` job has its blocks timed (a ``model``, as `hwnas measure` times, does not)."""
+    log: list[str] = []
+    results = tmp_path / "r.csv"
+    timing = TimingSettings(target_ms=80.0, op_target_ms=30.0)
+    runner.run_jobs([Job("j", kind, lambda: _Recording(log, "j"))], 1, timing, results)
+    assert [x for x in log if x != "j"] == calls
+    assert {r["name"] for r in read_rows(results)} == ({"j", "j#0"} if kind == "net" else {"j"})
+
+
 def test_run_jobs_resumes_without_redoing_rows(tmp_path: Path) -> None:
     log: list[str] = []
     jobs = [Job(f"j{i}", "net" if i == 2 else "op", (lambda i=i: _Counting(log, f"j{i}"))) for i in range(3)]

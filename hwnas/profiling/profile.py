@@ -2,7 +2,8 @@
 
 Method (recorded in the LUT metadata as ``model.method = "context"``):
 
-1. every unique op call of the space is timed alone (``isolated_ms``, for reference);
+1. every unique op call of the space is timed alone (``isolated_ms``, for reference; for
+   ``op_target_ms`` a round, and between the networks a probe of the machine's speed);
 2. the space's probe networks (which together contain every op call, see
    :meth:`hwnas.space.Space.probe_archs`) and ``calib_nets`` random networks are timed whole, and
    each of their blocks is timed *inside* them (ONNX Runtime's node profiler; for torch, the clock

@@ -44,7 +44,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +87,17 @@ class TimingSettings:
     max_runs: int = 2000
     profile_runs: int = 20  # profiled runs per round for in-network block times
     cooldown_ms: float = 0.0  # pause before each model, so another session's spinning threads go idle
+    # A block timed alone (a job of kind "op") measures this long instead of ``target_ms``: a LUT
+    # prices blocks by their in-network times, so its alone time is a reference figure and a probe
+    # of the machine's speed between the networks (speed_factors), not a price. On the stored
+    # profiles of 3 December, 30 instead of 80 ms moved their predictions by 0.03-0.38 %, less
+    # than two profiles differ (1.0-1.6 %), and cut 10-15 s from a ProxylessNAS @ 224 profile.
+    op_target_ms: float = 30.0
+
+    def for_kind(self, kind: str) -> TimingSettings:
+        """The settings a job of ``kind`` (:class:`Job`) is timed with: ``op_target_ms`` as its
+        target for a block alone, these settings for anything else."""
+        return replace(self, target_ms=self.op_target_ms) if kind == "op" else self
 
 
 def time_runs(step: Callable[[], float], s: TimingSettings) -> list[float]:
@@ -332,7 +343,9 @@ def block_kernels(events: list[dict], runs: int) -> tuple[dict[int, list[float]]
 
 @dataclass(frozen=True)
 class Job:
-    """One model to time: ``kind`` is ``op`` (a block alone) or ``net`` (a whole network)."""
+    """One model to time. ``kind``: ``op``, a block alone (timed for ``TimingSettings.op_target_ms``);
+    ``net``, a network whose blocks are also timed in it (:meth:`Timed.node_times`); ``model``, a
+    network or model timed whole only."""
 
     name: str
     kind: str
@@ -467,7 +480,7 @@ def run_jobs(
                 loaded.pop(job.name, None)
                 loaded[job.name] = job.load()
             model = loaded[job.name]
-            rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing))}]
+            rows = [{"name": job.name, "round": rnd, **summarize(model.time(timing.for_kind(job.kind)))}]
             if job.kind == "net":
                 blocks = sorted(model.node_times(timing).items())
                 kernels: dict[int, int] = getattr(model, "kernels", {})
