@@ -137,7 +137,8 @@ def _arity(call: OpCall) -> int:
 
 
 def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Arch], Timed]]:
-    """Functions that turn an op call / an arch into something the loop can time on the target."""
+    """Functions that turn an op call / an arch into something the loop can time on the target
+    (with ONNX Runtime, each model exported to ONNX once, when first loaded)."""
     if s.backend == "torch":
         from hwnas.profiling.torch_backend import TorchTimed, check_device, op_timed, tune_malloc
 
@@ -150,23 +151,25 @@ def loaders(s: ProfileSettings) -> tuple[Callable[[OpCall], Timed], Callable[[Ar
             lambda a: TorchTimed(a.build(), [a.input], s.device, s.batch)
         )
 
-    from hwnas.onnx_io import export_onnx
-
     runner.providers_for(s.device)  # fail now if the provider is absent
     onnx_cache: dict[str, bytes] = {}  # export once; each round opens a fresh session on it
 
-    def op(c: OpCall) -> Timed:
-        if c.key not in onnx_cache:
-            onnx_cache[c.key] = export_onnx(c.build(), [c.in_shape] * _arity(c), s.batch)
-        return runner.OrtModel(onnx_cache[c.key], s.threads, s.device, spinning=s.ort_spinning)
-
-    def net(a: Arch) -> Timed:
-        key = a.to_json()
+    def load(m: OpCall | Arch) -> Timed:
+        key = m.key if isinstance(m, OpCall) else m.to_json()
         if key not in onnx_cache:
-            onnx_cache[key] = export_onnx(a.build(), [a.input], s.batch)
+            onnx_cache[key] = export_model(m, s.batch)
         return runner.OrtModel(onnx_cache[key], s.threads, s.device, spinning=s.ort_spinning)
 
-    return op, net
+    return load, load
+
+
+def export_model(m: OpCall | Arch, batch: int) -> bytes:
+    """ONNX of an op call's block (one input per operand) or of an arch's network."""
+    from hwnas.onnx_io import export_onnx
+
+    if isinstance(m, OpCall):
+        return export_onnx(m.build(), [m.in_shape] * _arity(m), batch)
+    return export_onnx(m.build(), [m.input], batch)
 
 
 def check_target(s: ProfileSettings) -> None:
@@ -558,7 +561,7 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
 
 def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
     """Write the per-op models, the probe networks and ``manifest.json`` for ``ort_runner.py``."""
-    from hwnas.onnx_io import OPSET, export_onnx
+    from hwnas.onnx_io import OPSET
 
     if s.backend != "onnxruntime":
         raise HwnasError("--emit-onnx writes ONNX models for ONNX Runtime; use --backend onnxruntime")
@@ -571,9 +574,9 @@ def emit_onnx(space: Space, s: ProfileSettings, folder: Path) -> int:
         models.append({"name": name, "kind": kind, "file": file, "sha256": hashlib.sha256(data).hexdigest()})
 
     for i, (name, call) in enumerate(work.ops.items()):
-        add(name, "op", f"op_{i:04d}.onnx", export_onnx(call.build(), [call.in_shape] * _arity(call), s.batch))
+        add(name, "op", f"op_{i:04d}.onnx", export_model(call, s.batch))
     for i, (name, arch) in enumerate(work.nets.items()):
-        add(name, "net", f"net_{i:04d}.onnx", export_onnx(arch.build(), [arch.input], s.batch))
+        add(name, "net", f"net_{i:04d}.onnx", export_model(arch, s.batch))
     manifest = {
         "opset": OPSET,  # checksums (sha256) and opset let the board tell a damaged copy from an old onnxruntime
         "settings": {
