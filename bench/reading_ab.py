@@ -7,7 +7,8 @@ random networks plus the LUT's probe networks in 9 rounds — and then reads the
 several ways: each reading (``hwnas profile --reading p10|median``) builds its LUTs from the
 journals and its validation figures from the same rows. With ``--shorter TARGET_MS:RUNS ...``
 each profile is also read as if it had timed each model for only ``TARGET_MS`` per round (the
-first runs of each measurement, at least ``min_runs``) and profiled only the first ``RUNS`` runs
+first runs of each measurement, at least ``min_runs``; a block alone is timed for
+``op_target_ms`` already, and keeps all its runs where ``TARGET_MS`` is longer) and profiled only the first ``RUNS`` runs
 of each network's blocks (the target profile's ``target_ms`` / ``profile_runs``), written as a
 journal of its own. Prints per reading and journal the validation's self-diff, the fidelity
 figures (raw and drift-corrected, as ``validate-lut`` computes them), how far each LUT's
