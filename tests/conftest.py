@@ -36,6 +36,7 @@ calib_nets = 2
 warmup_ms = 1.0
 min_warmup_runs = 1
 target_ms = 1.0
+op_target_ms = 1.0
 min_runs = 3
 profile_runs = 3
 """
