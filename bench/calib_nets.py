@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, repeatability
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, reference_nets, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, Work, assemble, loaders, plan_work, run_meta, space_meta
 from hwnas.profiling.runner import Job
@@ -98,9 +98,8 @@ def main() -> None:
             lut = assemble(space_meta(sp), sk, sub, runner.read_rows(a.out / f"profile{k}.csv"), run_meta(sk, 0.0))
             predicted = np.array([lut.predict(x).total_ms for x in archs])
             preds.append(predicted)
-            recorded = {x["name"]: x["measured_ms"] for x in lut.meta["model"]["nets"]}
-            kept = [(i, x, recorded[name]) for i, (name, x) in enumerate(probes) if name in recorded]
-            drift = drift_of([measured[a.nets + i] for i, _, _ in kept], [(x, then) for _, x, then in kept])
+            # every LUT here recorded every probe network, in the order the validation timed them
+            drift = drift_of(measured[a.nets :], reference_nets(sp, lut))
             r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
             c = r.get("corrected", r)
             print(f"{n:>5}{k:>4}{r['mape_pct']:>8.2f}{c['mape_pct']:>13.2f}{c['max_error_pct']:>12.2f}"

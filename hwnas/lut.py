@@ -15,12 +15,9 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
 ``context_n``
     how many (network, position) samples ``latency_ms`` is the median of
 ``shared_ms, shared_profiled_ms, shared_kernels, shared_n``
-    for a key priced by its role (:func:`hwnas.arch.role_priced`: a stride-1 DARTS edge whose op
-    leads with a ReLU, a DARTS edge without weights, a DARTS node's sum), its figures where ONNX
-    Runtime runs part or all of its work inside another node's kernel
-    (:meth:`hwnas.arch.Plan.roles`: an earlier edge's ReLU of the same input merged with its own,
-    the same pool of the same input merged with an earlier edge's, the sum fused into a conv that
-    writes one of its inputs);
+    for a key priced by its role (:func:`hwnas.arch.role_priced`), its figures where ONNX Runtime
+    runs part or all of its work inside another node's kernel (the "shared" role of
+    :meth:`hwnas.arch.Plan.roles`, which lists the cases);
     ``latency_ms`` etc. are then the key's figures where it runs on its own. Empty for other keys
     and where the profile saw only one role.
 

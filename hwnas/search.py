@@ -162,9 +162,8 @@ def fit_to_budget(net: Supernet, arch: Arch, lut: LUT, budget_ms: float, floor: 
     afford is spent where the search was least sure. ``floor = 0`` skips that. Returns the arch and
     the number of swaps. Latencies move by the LUT's per-choice costs (the prediction is additive),
     except where the LUT prices blocks by their role (:meth:`hwnas.arch.Plan.roles`: a DARTS swap
-    can change another edge's ReLU role, whether a pool is merged or a node's sum fused): there
-    each candidate swap is priced by :meth:`LUT.predict` of the network it makes. The result is
-    checked against :meth:`LUT.predict`.
+    can change the role of another block): there each candidate swap is priced by
+    :meth:`LUT.predict` of the network it makes. The result is checked against :meth:`LUT.predict`.
     """
     costs = row_costs(structure(net.price_space), lut.latency)
     with torch.no_grad():

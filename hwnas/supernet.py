@@ -319,7 +319,7 @@ class Supernet(nn.Module):
             calls, node = price.mixed[j][0], price.plan.nodes[j]
             lat = [lut.latency[c.key] if c.priced else 0.0 for c in calls]
             self.nodes[i].register_buffer("lat_ms", torch.tensor(lat, device=dev))
-            # a DARTS edge's price in the shared role (Plan.roles: its ReLU or its pool run by an earlier edge)
+            # a DARTS edge's price in the shared role (Plan.roles)
             shared = [
                 lut.shared.get(c.key, ms) if c.priced and role_priced(c, node.tag) else ms
                 for c, ms in zip(calls, lat, strict=True)
