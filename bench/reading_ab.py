@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, apart_pct, drift_of, repeatability
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, apart_pct, drift_of, reference_nets, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, assemble, loaders, plan_work, run_meta, space_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings, summarize
@@ -201,9 +201,8 @@ def main() -> None:
                 lut = assemble(space_meta(sp), s, work, journal, run_meta(s, 0.0))
                 predicted = np.array([lut.predict(x).total_ms for x in archs])
                 preds[v, k] = predicted
-                recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"].get("nets", [])}
-                kept = [(i, x, recorded[name]) for i, (name, x) in enumerate(probes) if name in recorded]
-                drift = drift_of([measured[a.nets + i] for i, _, _ in kept], [(x, then) for _, x, then in kept])
+                # every LUT here recorded every probe network, in the order the validation timed them
+                drift = drift_of(measured[a.nets :], reference_nets(sp, lut))
                 r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
                 c = r.get("corrected", r)
                 first = apart_pct(predicted, preds[v, 0])[0] if k else float("nan")
