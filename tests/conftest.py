@@ -16,6 +16,10 @@ from hwnas.space import load_space
 # threads on a 2-core machine slow each other down tenfold.
 torch.set_num_threads(1)
 
+# A real ProxylessNAS LUT of 23 November 2026 (1 input channel, 10 classes; from before the role
+# columns): the one tests/data/quickstart_run searched with, and the format older LUTs have.
+LEGACY_LUT = Path(__file__).parent / "data" / "lut_2026-11-23" / "cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv"
+
 # Real timing, but short: tests check behaviour, benchmarks in bench/ check figures.
 FAST = TimingSettings(
     warmup_ms=1.0, min_warmup_runs=1, target_ms=1.0, min_runs=3, max_runs=50, profile_runs=3, op_target_ms=1.0

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import LEGACY_LUT
 
 from hwnas.lut import LUT, LutError, meta_path
 from hwnas.space import load_space
@@ -44,9 +45,10 @@ def test_a_saved_lut_predicts_exactly_what_its_files_do(tiny_lut: LUT, tmp_path:
 
 
 def test_a_lut_from_before_the_relu_roles_loads_as_it_was() -> None:
-    """The shipped LUT predates the shared-ReLU columns: it loads, prices nothing by role, and
-    keeps the hash the arch files and runs priced by it recorded."""
-    path = Path(__file__).resolve().parent.parent / "latency_tables" / "cpu-onnxruntime-t1__proxyless-224-1ch-10cls.csv"
+    """A LUT of 23 November 2026 (the one the quick-start run in tests/data searched with)
+    predates the shared-ReLU columns: it loads, prices nothing by role, and keeps the hash the arch
+    files and runs priced by it recorded."""
+    path = LEGACY_LUT
     assert "shared_ms" not in path.read_text().splitlines()[0]
     lut = LUT.load(path)
     assert lut.shared == {} and lut.table["shared_ms"].isna().all()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fast_settings, write_fake_fashion_mnist
+from conftest import LEGACY_LUT, fast_settings, write_fake_fashion_mnist
 from typer.testing import CliRunner
 
 from hwnas.arch import Arch
@@ -330,12 +330,16 @@ QUICKSTART_RUN = Path(__file__).parent / "data" / "quickstart_run"
 def test_report_of_the_readme_main_job_opens_in_headless_chromium(tmp_path: Path, monkeypatch) -> None:
     """The report of the quick start's run (its small files, shipped in tests/data) renders, and
     headless Chromium screenshots it without errors."""
-    monkeypatch.chdir(Path(__file__).parent.parent)  # the arch names the shipped LUT by a relative path
+    (tmp_path / "latency_tables").mkdir()  # the arch names its LUT by a path relative to where it ran
+    for f in LEGACY_LUT.parent.iterdir():
+        shutil.copy(f, tmp_path / "latency_tables" / f.name)
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "quickstart"
     shutil.copytree(QUICKSTART_RUN, run)
     res = build_report(run)
     html = res.html.read_text()
     assert "7.284 ms" in html and "76.32" in html  # the budget and the test accuracy of that run
+    assert "matches the LUT file" in html and load_run(run).prediction is not None  # its LUT found and priced
     for png in res.html.parent.glob("*.png"):
         assert_real_png(png)
     shot = tmp_path / "shot.png"
