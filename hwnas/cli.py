@@ -446,36 +446,48 @@ def _arch_or_onnx(path: Path):
 @app.command()
 @user_errors
 def predict(
-    arch: Annotated[
-        Path,
-        typer.Argument(help="Arch JSON (from hwnas sample or hwnas search), or an ONNX file from hwnas export."),
+    archs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Arch JSON(s) (from hwnas sample or hwnas search), or ONNX files from hwnas export.",
+            metavar="ARCH...",
+        ),
     ],
     lut: Annotated[Path, typer.Option("--lut", "-l", help="LUT CSV from hwnas profile.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with the per-block breakdown).")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with the per-block breakdown; a list for several archs).")
+    ] = False,
 ) -> None:
-    """Predict a network's latency on the LUT's target (an exported ONNX file: the arch in its metadata).
+    """Predict networks' latency on the LUT's target (an exported ONNX file: the arch in its metadata).
 
-    Example: hwnas predict runs/samples/arch_000.json --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv
+    Several archs: one line each (or a JSON list), the LUT read once; every file is read before
+    anything is printed, so a bad one is named and nothing else is printed.
+
+    Example: hwnas predict runs/samples/*.json --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv
     """
     from hwnas.flops import count
     from hwnas.lut import LUT
 
-    a = _arch_or_onnx(arch)
     table = LUT.load(lut)
-    p = table.predict(a)
-    note = table.space_note(a)
-    if note:
+    nets = [(path, _arch_or_onnx(path)) for path in archs]
+    results = [(path, a, table.predict(a)) for path, a in nets]  # any missing key fails before printing
+    for note in dict.fromkeys(n for _, a, _ in results if (n := table.space_note(a))):
         err.print(note, highlight=False, soft_wrap=True)
-    cost = count(a)
+    docs, details = [], []
+    for path, a, p in results:
+        cost = count(a)
+        docs.append({"arch": str(path), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict(),
+                     "macs": cost.macs, "params": cost.params})  # fmt: skip
+        details.append(f"({len(p.blocks)} blocks, sum {p.sum_ms:.3f} ms; {cost.describe()})")
     if as_json:
-        doc = {"arch": str(arch), "lut": str(lut), "lut_sha256": table.sha256, **p.to_dict(),
-               "macs": cost.macs, "params": cost.params}  # fmt: skip
-        out.print_json(json.dumps(doc))
-        return
-    out.print(
-        f"{p.total_ms:.3f} ms predicted on {table.describe()}  ({len(p.blocks)} blocks, sum {p.sum_ms:.3f} ms; "
-        f"{cost.describe()})"
-    )
+        out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
+    elif len(results) == 1:
+        out.print(f"{results[0][2].total_ms:.3f} ms predicted on {table.describe()}  {details[0]}")
+    else:
+        out.print(f"predicted on {table.describe()}:")
+        width = max(len(str(path)) for path in archs)
+        for (path, _, p), detail in zip(results, details, strict=True):
+            out.print(f"{path!s:<{width}}  {p.total_ms:8.3f} ms  {detail}", markup=False)  # a path may hold [..]
 
 
 @app.command()

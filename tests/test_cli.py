@@ -63,6 +63,23 @@ def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Pa
     assert doc["measured_ms"] > 0 and doc["predicted_ms"] > 0 and doc["settings"]["threads"] == 1
 
 
+def test_predict_several_archs_reads_the_lut_once_and_prints_each(samples: Path, tiny_lut_path: Path) -> None:
+    files = sorted(samples.glob("arch_*.json"))
+    alone = [json.loads(run("predict", f, "--lut", tiny_lut_path, "--json").output) for f in files]
+    res = run("predict", *files, "--lut", tiny_lut_path)
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 + len(files) and lines[0].startswith("predicted on "), res.output
+    for f, line, doc in zip(files, lines[1:], alone, strict=True):
+        assert line.startswith(str(f)) and f" {doc['predicted_ms']:.3f} ms " in line, line
+    together = json.loads(run("predict", *files, "--lut", tiny_lut_path, "--json").output)
+    assert together == alone  # a list of what each alone prints, in the order given
+    bad = samples / "bad.json"
+    bad.write_text("{")
+    res = run("predict", files[0], bad, "--lut", tiny_lut_path)
+    assert "bad.json" in one_line_error(res) and "ms predicted" not in res.output  # nothing printed before
+
+
 def test_measure_torch_backend(samples: Path) -> None:
     res = run("measure", samples / "arch_001.json", "--backend", "torch", "--rounds", "1")
     assert res.exit_code == 0 and "ms measured (torch" in res.output, res.output
