@@ -493,10 +493,12 @@ def predict(
 @app.command()
 @user_errors
 def measure(
-    model: Annotated[
-        Path,
+    models: Annotated[
+        list[Path],
         typer.Argument(
-            help="Arch JSON, or an ONNX file (ONNX Runtime only; --lut needs one from hwnas export, whose metadata holds the arch)."
+            help="Arch JSON(s), or ONNX files (ONNX Runtime only; --lut needs ones from hwnas export, whose metadata "
+            "holds the arch).",
+            metavar="MODEL...",
         ),
     ],
     device: Annotated[Device | None, typer.Option(help="cpu or cuda (default: the LUT's, else cpu).")] = None,
@@ -518,12 +520,17 @@ def measure(
             "the machine speed of the profile (the figure its prediction compares with).",
         ),
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list for several models).")] = False,
 ) -> None:
-    """Build (or load) the whole network and time it end to end, with the same settings as a LUT.
+    """Build (or load) whole networks and time them end to end, with the same settings as a LUT.
+
+    Several models are timed in the same rounds (each round in its own order), so their figures
+    compare with each other; with --lut the probe networks are timed once beside them all.
 
     Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
     """
+    from contextlib import ExitStack
+
     from hwnas.lut import LUT
     from hwnas.measure import device_note, measure_beside, onnx_loader, settings_from_lut
     from hwnas.profiling.profile import ProfileSettings, check_target
@@ -541,45 +548,63 @@ def measure(
     if note:
         err.print(note, highlight=False)
     refs = _reference_nets(table) if table is not None and references else []
-    if _is_onnx(model):
-        from hwnas.export import arch_from_metadata, read_metadata, timing_copy
+    with ExitStack() as stack:
+        timed: list[Any] = []  # an arch, or a loader of an ONNX file
+        preds: list[float | None] = []
+        notes: dict[str, None] = {}
+        for model in models:  # every file read (and loaded) before anything is timed
+            if _is_onnx(model):
+                from hwnas.export import arch_from_metadata, read_metadata, timing_copy
 
-        meta = read_metadata(model)  # one line if missing or not ONNX
-        pred = None
-        if table is not None:  # the prediction needs the arch: from the metadata of hwnas export
-            fix = "measure it without --lut, or pass the arch JSON"
-            pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
-        # a dynamic batch axis is timed at the settings' batch
-        with timing_copy(model, s.batch) as timed:
-            load = onnx_loader(timed, s, shown=model)
-            load()  # a file ONNX Runtime cannot load is one line now, not under a progress bar
-            with progress_bar("measure") as update:
-                (ms,), drift = measure_beside([load], refs, s, update)
-    else:
-        a = _arch_or_onnx(model)
-        pred = table.predict(a).total_ms if table else None
-        note = table.space_note(a) if table else None
-        if note:
-            err.print(note, highlight=False, soft_wrap=True)
+                meta = read_metadata(model)  # one line if missing or not ONNX
+                pred = None
+                if table is not None:  # the prediction needs the arch: from the metadata of hwnas export
+                    fix = "measure it without --lut, or pass the arch JSON"
+                    pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
+                # a dynamic batch axis is timed at the settings' batch
+                load = onnx_loader(stack.enter_context(timing_copy(model, s.batch)), s, shown=model)
+                load()  # a file ONNX Runtime cannot load is one line now, not under a progress bar
+                timed.append(load)
+            else:
+                a = _arch_or_onnx(model)
+                pred = table.predict(a).total_ms if table else None
+                if table is not None and (n := table.space_note(a)):
+                    notes[n] = None
+                timed.append(a)
+            preds.append(pred)
+        for n in notes:
+            err.print(n, highlight=False, soft_wrap=True)
         with progress_bar("measure") as update:
-            (ms,), drift = measure_beside([a], refs, s, update)
-    then = ms / drift if drift else None
-    res = {"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s), "drift": drift,
-           "measured_at_profile_speed_ms": then, "references": len(refs)}  # fmt: skip
+            times, drift = measure_beside(timed, refs, s, update)
+    docs = []
+    for model, ms, pred in zip(models, times, preds, strict=True):
+        then = ms / drift if drift else None
+        docs.append({"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s),
+                     "drift": drift, "measured_at_profile_speed_ms": then, "references": len(refs)})  # fmt: skip
     if as_json:
-        out.print_json(json.dumps(res))
+        out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
         return
-    line = (
-        f"{ms:.3f} ms measured ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
-    )
-    if drift and then is not None:
-        line += (
-            f"; {then:.3f} ms at the profile's machine speed (its {len(refs)} probe networks, timed alongside, "
-            f"ran {signed_pct(drift - 1)} % vs then)"
+    how = f"({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
+    speed = f"its {len(refs)} probe networks, timed alongside, ran {signed_pct(drift - 1)} % vs then" if drift else ""
+
+    def figures(d: dict[str, Any], at: str) -> str:
+        """The network's time at the profile's speed and the prediction beside, as far as known."""
+        then, pred = d["measured_at_profile_speed_ms"], d["predicted_ms"]
+        text = f"; {then:.3f} ms {at}" if then is not None else ""
+        if pred is not None:
+            text += f"; predicted {pred:.3f} ms ({signed_pct(pred / (then or d['measured_ms']) - 1)}%)"
+        return text
+
+    if len(docs) == 1:
+        line = f"{docs[0]['measured_ms']:.3f} ms measured {how}"
+        out.print(line + figures(docs[0], f"at the profile's machine speed ({speed})"))
+        return
+    out.print(f"measured {how}" + (f"; at the profile's machine speed: {speed}" if speed else "") + ":")
+    width = max(len(str(m)) for m in models)
+    for model, d in zip(models, docs, strict=True):
+        out.print(
+            f"{model!s:<{width}}  {d['measured_ms']:8.3f} ms" + figures(d, "at the profile's speed"), markup=False
         )
-    if pred is not None:
-        line += f"; predicted {pred:.3f} ms ({signed_pct(pred / (then or ms) - 1)}%)"
-    out.print(line)
 
 
 def _reference_nets(table: LUT) -> list[tuple[Arch, float]]:

@@ -412,3 +412,44 @@ def test_measure_reads_the_network_at_the_profiles_speed(
     doc = json.loads(run("measure", arch, "--lut", tiny_lut_path, "--no-references", "--json").stdout)
     assert seen[-1] == 1 and doc["drift"] is None and doc["measured_at_profile_speed_ms"] is None
     assert doc["measured_ms"] == pytest.approx(pred * speed)
+
+
+def test_measure_times_several_models_in_the_same_rounds(
+    samples: Path, tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Networks that take what the LUT predicts, on a machine 1.3 times slower than during the
+    profile: measured together, each reads its own time, and the probe networks are timed once."""
+    from hwnas.arch import Arch
+    from hwnas.lut import LUT
+    from hwnas.measure import reference_nets
+    from hwnas.profiling import runner
+    from hwnas.space import load_space
+
+    lut = LUT.load(tiny_lut_path)
+    archs = sorted(samples.glob("arch_*.json"))
+    preds = [lut.predict(Arch.load(a)).total_ms for a in archs]
+    refs = [t for _, t in reference_nets(load_space("tiny"), lut)]
+    seen = []
+
+    def timed(jobs, rounds, timing, progress=None):  # runner.time_job_rows, without timing anything
+        seen.append([j.name for j in jobs])
+        truth = [*preds, *refs]
+        return [{"name": j.name, "round": str(rnd), **dict.fromkeys(("median_ms", "p10_ms", "p90_ms"), str(truth[i] * 1.3)),
+                 "runs": "9"} for rnd in range(rounds) for i, j in enumerate(jobs)]  # fmt: skip
+
+    monkeypatch.setattr(runner, "time_job_rows", timed)
+    res = run("measure", *archs, "--lut", tiny_lut_path, "--rounds", "3", "--json")
+    docs = json.loads(res.stdout)
+    assert len(seen) == 1 and len(seen[0]) == len(archs) + len(refs), seen  # one measurement, probes once
+    assert [d["model"] for d in docs] == [str(a) for a in archs]
+    for d, pred in zip(docs, preds, strict=True):
+        assert d["measured_ms"] == pytest.approx(pred * 1.3) and d["drift"] == pytest.approx(1.3)
+        assert d["measured_at_profile_speed_ms"] == pytest.approx(pred) and d["predicted_ms"] == pytest.approx(pred)
+    lines = run("measure", *archs, "--lut", tiny_lut_path, "--rounds", "3").stdout.strip().splitlines()
+    assert len(lines) == 1 + len(archs) and "ran +30.0 % vs then" in lines[0], lines
+    for a, line, pred in zip(archs, lines[1:], preds, strict=True):
+        assert line.startswith(str(a)) and f"{pred:.3f} ms at the profile's speed" in line and "(+0.0%)" in line
+    bad = samples / "bad.json"
+    bad.write_text("{")
+    assert "bad.json" in one_line_error(run("measure", archs[0], bad, "--lut", tiny_lut_path))
+    assert len(seen) == 2, "nothing is timed when a file is bad"
