@@ -406,15 +406,19 @@ def sample(
     ),
     input_size: InputSizeOpt = None,
     width_mult: WidthOpt = None,
+    in_channels: ChannelsOpt = None,
+    num_classes: ClassesOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing files.")] = False,
 ) -> None:
-    """Write N random valid architectures of a space as arch JSON, one file each.
+    """Write N random valid architectures of a space as arch JSON, one file each (shaped as the
+    LUT that prices them was profiled: the same --input-size, --width-mult, --in-channels and
+    --num-classes).
 
     Example: hwnas sample --space proxyless --n 5 --seed 0 --out runs/samples
     """
     from hwnas.lut import atomic_write
 
-    sp = _load_space(space, input_size, width_mult)
+    sp = _load_space(space, input_size, width_mult, in_channels, num_classes)
     rng = random.Random(seed)
     paths = [out_dir / f"arch_{i:03d}.json" for i in range(n)]
     clash = [p for p in paths if p.exists()]

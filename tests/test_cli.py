@@ -45,6 +45,17 @@ def test_sample_is_seeded_and_valid(samples: Path, tmp_path: Path) -> None:
     assert json.loads(files[0].read_text())["info"]["seed"] == 7
 
 
+def test_sample_takes_the_data_sets_shape(tmp_path: Path) -> None:
+    """Shaped like a LUT profiled with --in-channels 1 --num-classes 10 (the quick start's)."""
+    res = run("sample", "--space", "tiny", "--n", "2", "--in-channels", "1", "--num-classes", "10", "--out", tmp_path)
+    assert res.exit_code == 0, res.output
+    from hwnas.arch import Arch
+
+    for f in sorted(tmp_path.glob("arch_*.json")):
+        keys = [c.key for c in Arch.load(f).plan.calls]
+        assert keys[0].endswith("|1x32x32") and "classes=10," in keys[-1], (keys[0], keys[-1])
+
+
 def test_predict_and_measure(samples: Path, tiny_lut_path: Path, fast_target: Path, tmp_path: Path) -> None:
     arch = samples / "arch_000.json"
     res = run("predict", arch, "--lut", tiny_lut_path)
