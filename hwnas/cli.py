@@ -9,7 +9,7 @@ import random
 import re
 import tomllib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -26,6 +26,7 @@ from hwnas.errors import HwnasError, UsageError, check_out_path
 if TYPE_CHECKING:  # imported where used: the CLI starts fast
     from hwnas.arch import Arch
     from hwnas.lut import LUT
+    from hwnas.profiling.profile import ProfileSettings
 
 app = typer.Typer(
     help="hwnas: hardware-aware NAS for mobile and edge networks. Latencies are milliseconds.",
@@ -533,10 +534,8 @@ def measure(
 
     Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
     """
-    from contextlib import ExitStack
-
     from hwnas.lut import LUT
-    from hwnas.measure import device_note, measure_beside, onnx_loader, settings_from_lut
+    from hwnas.measure import device_note, measure_beside, settings_from_lut
     from hwnas.profiling.profile import ProfileSettings, check_target
 
     over = {"device": device.value if device else None, "backend": backend.value if backend else None,
@@ -553,35 +552,13 @@ def measure(
         err.print(note, highlight=False)
     refs = _reference_nets(table) if table is not None and references else []
     with ExitStack() as stack:
-        timed: list[Any] = []  # an arch, or a loader of an ONNX file
-        preds: list[float | None] = []
-        notes: dict[str, None] = {}
-        for model in models:  # every file read (and loaded) before anything is timed
-            if _is_onnx(model):
-                from hwnas.export import arch_from_metadata, read_metadata, timing_copy
-
-                meta = read_metadata(model)  # one line if missing or not ONNX
-                pred = None
-                if table is not None:  # the prediction needs the arch: from the metadata of hwnas export
-                    fix = "measure it without --lut, or pass the arch JSON"
-                    pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
-                # a dynamic batch axis is timed at the settings' batch
-                load = onnx_loader(stack.enter_context(timing_copy(model, s.batch)), s, shown=model)
-                load()  # a file ONNX Runtime cannot load is one line now, not under a progress bar
-                timed.append(load)
-            else:
-                a = _arch_or_onnx(model)
-                pred = table.predict(a).total_ms if table else None
-                if table is not None and (n := table.space_note(a)):
-                    notes[n] = None
-                timed.append(a)
-            preds.append(pred)
-        for n in notes:
+        loaded = [_timing_input(m, table, s, stack) for m in models]  # every file read before anything is timed
+        for n in dict.fromkeys(n for _, _, n in loaded if n):
             err.print(n, highlight=False, soft_wrap=True)
         with progress_bar("measure") as update:
-            times, drift = measure_beside(timed, refs, s, update)
+            times, drift = measure_beside([t for t, _, _ in loaded], refs, s, update)
     docs = []
-    for model, ms, pred in zip(models, times, preds, strict=True):
+    for model, ms, (_, pred, _) in zip(models, times, loaded, strict=True):
         then = ms / drift if drift else None
         docs.append({"model": str(model), "measured_ms": ms, "predicted_ms": pred, "settings": asdict(s),
                      "drift": drift, "measured_at_profile_speed_ms": then, "references": len(refs)})  # fmt: skip
@@ -609,6 +586,29 @@ def measure(
         out.print(
             f"{model!s:<{width}}  {d['measured_ms']:8.3f} ms" + figures(d, "at the profile's speed"), markup=False
         )
+
+
+def _timing_input(
+    model: Path, table: LUT | None, s: ProfileSettings, stack: ExitStack
+) -> tuple[Any, float | None, str | None]:
+    """What ``measure`` times for ``model`` (an arch, or a loader of an ONNX file, its temporary copy
+    kept open on ``stack``), the LUT's prediction for it and a note on its space, as far as known."""
+    from hwnas.measure import onnx_loader
+
+    if not _is_onnx(model):
+        a = _arch_or_onnx(model)
+        return a, (table.predict(a).total_ms if table else None), (table.space_note(a) if table else None)
+    from hwnas.export import arch_from_metadata, read_metadata, timing_copy
+
+    meta = read_metadata(model)  # one line if missing or not ONNX
+    pred = None
+    if table is not None:  # the prediction needs the arch: from the metadata of hwnas export
+        fix = "measure it without --lut, or pass the arch JSON"
+        pred = table.predict(arch_from_metadata(meta, str(model), fix)).total_ms
+    # a dynamic batch axis is timed at the settings' batch
+    load = onnx_loader(stack.enter_context(timing_copy(model, s.batch)), s, shown=model)
+    load()  # a file ONNX Runtime cannot load is one line now, not under a progress bar
+    return load, pred, None
 
 
 def _reference_nets(table: LUT) -> list[tuple[Arch, float]]:
