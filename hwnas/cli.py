@@ -586,6 +586,17 @@ def measure(
         out.print(
             f"{model!s:<{width}}  {d['measured_ms']:8.3f} ms" + figures(d, "at the profile's speed"), markup=False
         )
+    if len(docs) >= 3 and all(d["predicted_ms"] is not None for d in docs):  # the LUT on these networks
+        from hwnas.measure import Fidelity
+
+        f = Fidelity([d["predicted_ms"] for d in docs], times, drift, None).summary()
+        c = f.get("corrected", f)
+        at = " at the profile's speed" if drift else ""
+        out.print(
+            f"prediction vs measured{at}: MAPE "
+            f"{c['mape_pct']:.2f} %, max {c['max_error_pct']:.2f} %, {c['within_5pct'] * 100:.0f} % within ±5 %, "
+            f"Spearman {c['spearman']:.4f} ({len(docs)} networks)"
+        )
 
 
 def _timing_input(

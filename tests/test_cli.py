@@ -457,9 +457,11 @@ def test_measure_times_several_models_in_the_same_rounds(
         assert d["measured_ms"] == pytest.approx(pred * 1.3) and d["drift"] == pytest.approx(1.3)
         assert d["measured_at_profile_speed_ms"] == pytest.approx(pred) and d["predicted_ms"] == pytest.approx(pred)
     lines = run("measure", *archs, "--lut", tiny_lut_path, "--rounds", "3").stdout.strip().splitlines()
-    assert len(lines) == 1 + len(archs) and "ran +30.0 % vs then" in lines[0], lines
-    for a, line, pred in zip(archs, lines[1:], preds, strict=True):
+    assert len(lines) == 2 + len(archs) and "ran +30.0 % vs then" in lines[0], lines
+    for a, line, pred in zip(archs, lines[1:-1], preds, strict=True):
         assert line.startswith(str(a)) and f"{pred:.3f} ms at the profile's speed" in line and "(+0.0%)" in line
+    assert lines[-1].startswith("prediction vs measured at the profile's speed: MAPE 0.00 %"), lines[-1]
+    assert "100 % within ±5 %" in lines[-1] and "(3 networks)" in lines[-1], lines[-1]
     bad = samples / "bad.json"
     bad.write_text("{")
     assert "bad.json" in one_line_error(run("measure", archs[0], bad, "--lut", tiny_lut_path))
