@@ -21,8 +21,6 @@ timing. About 5-8 minutes per space on a 2-core machine. Figures, not assertions
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -30,11 +28,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from validation import validation
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, reference_nets, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, Work, assemble, loaders, plan_work, run_meta, space_meta
-from hwnas.profiling.runner import Job
 from hwnas.space import load_space
 
 
@@ -72,36 +69,21 @@ def main() -> None:
         if runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.effective_timing, journal, progress):
             timed += 1
             print(f"profile {k}: {time.perf_counter() - t0:.0f} s with {max(a.sizes)} calibration networks", flush=True)
-    probes = sp.probe_archs()
-    rng = random.Random(a.seed)
-    archs = [sp.sample(rng) for _ in range(a.nets)]
-    val = a.out / "validation.json"
-    if not val.exists():
-        nets = archs + [x for _, x in probes]
-        jobs = [Job(f"arch{i}", "model", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
-        runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, s.effective_timing))
-    rows = json.loads(val.read_text())
-    by = runner.round_values(rows, reading=s.reading)
-    rounds_ = [by[f"arch{i}"] for i in range(a.nets + len(probes))]
-    measured = [float(np.median(r)) for r in rounds_]
-    self_diff = (repeatability(rounds_[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
+    val = validation(a.out, sp, a.nets, a.seed, load_net, s.effective_timing)
+    measured, self_diff = val.read(s.reading)
     print(f"\n{a.space} @ {a.input_size}, {a.threads} thread(s), {a.nets} networks; validation self-diff "
           f"{self_diff:.2f} %")  # fmt: skip
     print(f"{'calib':>5}{'LUT':>4}{'MAPE %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}{'corr. ±5%':>10}"
           f"{'Spearman':>9}{'fit MAPE %':>11}")  # fmt: skip
-    probe_nets = {f"net:{n}": x for n, x in probes}
+    probe_nets = {f"net:{n}": x for n, x in sp.probe_archs()}
     for n in sorted(set(a.sizes)):
         sub = Work(work.ops, {**probe_nets, **{f"net:calib-{i}": work.nets[f"net:calib-{i}"] for i in range(n)}})
         preds = []
         for k in range(a.profiles):
             sk = replace(s, calib_nets=n)
             lut = assemble(space_meta(sp), sk, sub, runner.read_rows(a.out / f"profile{k}.csv"), run_meta(sk, 0.0))
-            predicted = np.array([lut.predict(x).total_ms for x in archs])
+            predicted, r, c = val.figures(lut, measured)
             preds.append(predicted)
-            # every LUT here recorded every probe network, in the order the validation timed them
-            drift = drift_of(measured[a.nets :], reference_nets(sp, lut))
-            r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
-            c = r.get("corrected", r)
             print(f"{n:>5}{k:>4}{r['mape_pct']:>8.2f}{c['mape_pct']:>13.2f}{c['max_error_pct']:>12.2f}"
                   f"{c['within_5pct'] * 100:>9.0f}%{r['spearman']:>9.4f}{lut.meta['model']['fit_mape_pct']:>11.2f}")  # fmt: skip
         if len(preds) > 1:

@@ -35,8 +35,6 @@ Figures, not assertions.
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -44,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from validation import validation
 
 from hwnas.arch import Arch, Plan
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, reference_nets, repeatability
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, Work, assemble, loaders, plan_work, run_meta, space_meta
 from hwnas.profiling.runner import NODE_SCOPE, Job, Timed, TimingSettings, summarize
@@ -207,8 +205,6 @@ def main() -> None:
     s = ProfileSettings()
     work = plan_work(sp, s)
     load_op, load_net = loaders(s)
-    archs = [sp.sample(rng) for rng in [random.Random(a.seed)] for _ in range(a.nets)]
-    probes = sp.probe_archs()
     table: dict[str, list[dict[str, float]]] = defaultdict(list)
     spreads: dict[str, list[dict[str, float]]] = defaultdict(list)
     for out in a.out:
@@ -216,17 +212,8 @@ def main() -> None:
         for k in range(a.profiles):
             if not (out / f"profile{k}-fused.csv").exists():
                 time_profile(work, s, load_op, load_net, out, k)
-        val = out / "validation.json"
-        if not val.exists():
-            nets = archs + [x for _, x in probes]
-            jobs = [Job(f"arch{i}", "model", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
-            t0 = time.perf_counter()
-            runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, s.effective_timing))
-            print(f"{out} validation: {time.perf_counter() - t0:.0f} s", flush=True)
-        by = runner.round_values(json.loads(val.read_text()), reading=s.reading)
-        rounds = [by[f"arch{i}"] for i in range(a.nets + len(probes))]
-        measured = [float(np.median(r)) for r in rounds]
-        self_diff = (repeatability(rounds[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
+        val = validation(out, sp, a.nets, a.seed, load_net, s.effective_timing)
+        measured, self_diff = val.read(s.reading)
         print(f"\n{out}: validation self-diff {self_diff:.2f} %")
         for variant, roles in (("today", TODAY_ROLES), ("fused", fused_roles)):
             Plan.roles = roles  # type: ignore[method-assign]
@@ -234,11 +221,7 @@ def main() -> None:
                 for k in range(a.profiles):
                     journal = runner.read_rows(out / f"profile{k}{'-fused' if variant == 'fused' else ''}.csv")
                     lut = assemble(space_meta(sp), s, work, journal, run_meta(s, 0.0))
-                    predicted = [lut.predict(x).total_ms for x in archs]
-                    # every LUT here recorded every probe network, in the order the validation timed them
-                    drift = drift_of(measured[a.nets :], reference_nets(sp, lut))
-                    r = Fidelity(predicted, measured[: a.nets], drift, None).summary()
-                    c = r.get("corrected", r)
+                    _, r, c = val.figures(lut, measured)
                     row = {"MAPE": r["mape_pct"], "corr. MAPE": c["mape_pct"], "corr. max": c["max_error_pct"],
                            "corr. ±5 %": c["within_5pct"] * 100, "Spearman": r["spearman"],
                            "fit": lut.meta["model"]["fit_mape_pct"]}  # fmt: skip

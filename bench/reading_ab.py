@@ -30,16 +30,15 @@ run time; warm-up, export and session set-up left out). About 3-5 minutes per sp
 from __future__ import annotations
 
 import argparse
-import json
-import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+from validation import validation
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, apart_pct, drift_of, reference_nets, repeatability
+from hwnas.measure import apart_pct
 from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, assemble, loaders, plan_work, run_meta, space_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings, summarize
@@ -173,38 +172,21 @@ def main() -> None:
             took = ", ".join(f"{v.lstrip('-') or 'full'} {s:.1f} s" for v, s in spent.items()) if journals else ""
             print(f"profile {k}: {time.perf_counter() - t0:.0f} s" + (f"; in timed runs: {took}" if took else ""),
                   flush=True)  # fmt: skip
-    rng = random.Random(a.seed)
-    archs = [sp.sample(rng) for _ in range(a.nets)]
-    probes = sp.probe_archs()  # re-timed beside the validation networks: the drift since each profile
-    val = a.out / "validation.json"
-    if not val.exists():
-        nets = archs + [x for _, x in probes]
-        jobs = [Job(f"arch{i}", "model", (lambda x=x: load_net(x))) for i, x in enumerate(nets)]
-        t0 = time.perf_counter()
-        runner.write_json_atomic(val, runner.time_job_rows(jobs, VALIDATION_ROUNDS, timing))
-        print(f"validation: {time.perf_counter() - t0:.0f} s", flush=True)
-    rows = json.loads(val.read_text())
+    val = validation(a.out, sp, a.nets, a.seed, load_net, timing)
     print(f"\n{a.space} @ {a.input_size}, {a.threads} thread(s), {a.nets} networks, {a.profiles} LUT(s) per reading")
     print(f"{'reading':<8}{'timing':>14}{'LUT':>4}{'self-diff %':>12}{'MAPE %':>8}{'corr. MAPE %':>13}"
           f"{'corr. max %':>12}{'corr. ±5%':>10}{'Spearman':>9}{'drift %':>8}{'1st LUT %':>10}"
           f"{'full %':>8}")  # fmt: skip
     for reading in runner.READINGS:
         s = ProfileSettings(threads=a.threads, reading=reading)
-        by = runner.round_values(rows, reading=reading)
-        rounds_ = [by[f"arch{i}"] for i in range(len(archs) + len(probes))]
-        measured = [float(np.median(r)) for r in rounds_]
-        self_diff = (repeatability(rounds_[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
+        measured, self_diff = val.read(reading)
         preds: dict[tuple[str, int], np.ndarray] = {}
         for v in variants:
             for k in range(a.profiles):
                 journal = runner.read_rows(a.out / f"profile{k}{v}.csv")
                 lut = assemble(space_meta(sp), s, work, journal, run_meta(s, 0.0))
-                predicted = np.array([lut.predict(x).total_ms for x in archs])
+                predicted, r, c = val.figures(lut, measured)
                 preds[v, k] = predicted
-                # every LUT here recorded every probe network, in the order the validation timed them
-                drift = drift_of(measured[a.nets :], reference_nets(sp, lut))
-                r = Fidelity(list(predicted), measured[: a.nets], drift, None).summary()
-                c = r.get("corrected", r)
                 first = apart_pct(predicted, preds[v, 0])[0] if k else float("nan")
                 full = shape_apart(predicted, preds["", k]) if v else float("nan")
                 print(f"{reading:<8}{v.lstrip('-') or 'full':>14}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}"
