@@ -190,6 +190,16 @@ def profile(
     threads: ThreadsOpt = None,
     batch: BatchOpt = None,
     rounds: RoundsOpt = None,
+    max_rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rounds",
+            min=1,
+            max=50,
+            help="Then more rounds, up to this many, while a whole network's median over rounds is uncertain by "
+            "more than 2 % (a noisy machine); --max-rounds 3 (or the --rounds given) times exactly --rounds.",
+        ),
+    ] = None,
     reading: Annotated[
         Reading | None,
         typer.Option(
@@ -252,7 +262,7 @@ def profile(
 
     settings: dict[str, Any] = load_target(target) if target else {}
     given = {"device": device.value if device else None, "backend": backend.value if backend else None,
-             "threads": threads, "batch": batch, "rounds": rounds, "calib_nets": calib_nets,
+             "threads": threads, "batch": batch, "rounds": rounds, "max_rounds": max_rounds, "calib_nets": calib_nets,
              "spinning": spinning, "reading": reading.value if reading else None}  # fmt: skip
     settings.update({k: v for k, v in given.items() if v is not None})
     settings["timing"] = TimingSettings(**settings.get("timing", {}))
@@ -310,6 +320,15 @@ def profile(
             else ""
         )
     )
+    spread = lut.meta.get("round_spread") or {}
+    if spread.get("sd_pct") is not None:
+        out.print(
+            f"{spread['rounds']} rounds (of {spread['min_rounds']}-{spread['max_rounds']}): a whole network moved "
+            f"{spread['sd_pct']:.1f} % from round to round after the speed correction, so its median is within "
+            f"about ±{spread['se_pct']:.1f} %"
+            + ("" if spread["steady"] else f" (more than the {spread['steady_pct']:g} % aimed at: a noisy machine)"),
+            highlight=False,
+        )
     speed = lut.meta.get("machine_speed")
     if speed and speed["p90"] / speed["p10"] - 1 >= SPEED_WARN_PCT / 100:
         err.print(
@@ -368,8 +387,8 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     def bad(key: str, value: Any, want: str) -> UsageError:
         return UsageError(f"--target {path}: {key} must be {want}, got {value!r}")
 
-    for key, lo, hi in (("threads", 1, 256), ("batch", 1, 4096), ("rounds", 1, 50), ("calib_nets", 0, 500),
-                        ("seed", 0, None)):  # fmt: skip  # the bounds of the command-line options
+    for key, lo, hi in (("threads", 1, 256), ("batch", 1, 4096), ("rounds", 1, 50), ("max_rounds", 1, 50),
+                        ("calib_nets", 0, 500), ("seed", 0, None)):  # fmt: skip  # the command-line options' bounds
         if key in raw and not is_int(raw[key], lo):
             raise bad(key, raw[key], f"an integer >= {lo}")
         if key in raw and hi is not None and raw[key] > hi:
@@ -381,6 +400,8 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
         raise bad("reading", raw["reading"], f"one of {', '.join(READINGS)}")
     if "spinning" in raw and not isinstance(raw["spinning"], bool):
         raise bad("spinning", raw["spinning"], "true or false")
+    if "steady_pct" in raw and not (is_number(raw["steady_pct"]) and raw["steady_pct"] > 0):
+        raise bad("steady_pct", raw["steady_pct"], "a number above 0 (percent)")
     timing = raw.get("timing", {})
     if not isinstance(timing, dict):
         raise bad("timing", timing, "a table ([timing])")

@@ -27,7 +27,7 @@ FAST = TimingSettings(
 
 
 def fast_settings(**kw) -> ProfileSettings:
-    return ProfileSettings(**{"rounds": 1, "calib_nets": 2, "timing": FAST, **kw})
+    return ProfileSettings(**{"rounds": 1, "max_rounds": 1, "calib_nets": 2, "timing": FAST, **kw})
 
 
 FAST_TARGET_TOML = """
@@ -35,6 +35,7 @@ backend = "onnxruntime"
 device = "cpu"
 threads = 1
 rounds = 1
+max_rounds = 1
 calib_nets = 2
 [timing]
 warmup_ms = 1.0

@@ -184,8 +184,10 @@ def test_profile_warns_when_the_machine_changed_speed(
 
     monkeypatch.setattr(hwnas.cli, "SPEED_WARN_PCT", limit)
     out = tmp_path / "t.csv"
-    res = run("profile", "--space", "tiny", "--target", fast_target, "--rounds", "2", "--out", out)
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--rounds", "2", "--max-rounds", "3", "--out", out)
     assert res.exit_code == 0 and out.exists(), res.output
+    taken = json.loads(meta_path(out).read_text())["rounds"]
+    assert taken in (2, 3) and f"{taken} rounds (of 2-3): a whole network moved" in res.output
     speed = json.loads(meta_path(out).read_text())["machine_speed"]
     assert 0 < speed["p10"] <= 1 <= speed["p90"] and speed["job_rounds"] > 11
     assert ("warning: the machine's speed moved by" in res.output) is warned
@@ -237,10 +239,26 @@ def test_report_out_must_be_html(samples: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "target", sorted((Path(__file__).parent.parent / "profilers").glob("*.toml")), ids=lambda p: p.name
+)
+def test_every_shipped_target_profile_loads(target: Path) -> None:
+    from hwnas.cli import load_target
+    from hwnas.profiling.profile import ProfileSettings
+    from hwnas.profiling.runner import TimingSettings
+
+    raw = load_target(target)
+    s = ProfileSettings(**{**raw, "timing": TimingSettings(**raw.get("timing", {}))})
+    assert s.backend in ("onnxruntime", "torch") and s.rounds >= 1
+
+
+@pytest.mark.parametrize(
     ("line", "words"),
     [("[timing]\nprofile_runs = 0", "timing.profile_runs must be a whole number >= 1"),
      ("[timing]\nmax_runs = 0", "timing.max_runs must be a whole number >= 1"),
-     ("batch = 100000", "batch must be an integer <= 4096")],
+     ("batch = 100000", "batch must be an integer <= 4096"),
+     ("max_rounds = 0", "max_rounds must be an integer >= 1"),
+     ("steady_pct = 0", "steady_pct must be a number above 0 (percent)"),
+     ("steady_pct = \"2\"", "steady_pct must be a number above 0 (percent)")],
 )  # fmt: skip
 def test_a_target_profile_keeps_the_command_line_bounds(tmp_path: Path, line: str, words: str) -> None:
     target = tmp_path / "t.toml"

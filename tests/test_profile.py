@@ -635,3 +635,96 @@ def test_every_kernel_of_a_real_network_is_in_a_block(space: str, tmp_path: Path
     assert set(per_run) <= priced and set(per_run) == set(kernels)
     if space == "darts" and platform.machine() in ("x86_64", "AMD64"):  # NCHWc: reorders around slices
         assert any(runner.inserted(e) for e in ks), "no inserted kernel to charge"
+
+
+@pytest.mark.parametrize("noise_pct", [0.0, 4.0])
+def test_round_spread_reads_each_models_own_noise_not_the_machines(noise_pct: float) -> None:
+    """Twelve models in 9 rounds, each job-round off by its own noise (log-normal, ``noise_pct``),
+    and a stretch of the machine 1.5x slower for all: the spread read is the models' noise,
+    the episode's models alike (the speed correction takes the episode out first)."""
+    rng = random.Random(3)
+    rows = [{"name": f"j{i}", "round": "0", "median_ms": str(0.1 * (i + 1)), "p10_ms": str(0.1 * (i + 1)),
+             "p90_ms": str(0.1 * (i + 1)), "runs": "9"} for i in range(12)]  # fmt: skip
+    noise = [rng.lognormvariate(0.0, noise_pct / 100) for _ in range(12 * 9)]
+    journal = _in_rounds(rows, 9, lambda pos, name: noise[pos] * (1.5 if 30 <= pos < 50 else 1.0))
+    spread = runner.round_spread_pct(journal, [f"j{i}" for i in range(12)])
+    assert spread == pytest.approx(noise_pct, abs=max(0.1, 0.25 * noise_pct))
+    assert runner.round_spread_pct(journal[:12], ["j0"]) is None  # one round: nothing to compare
+
+
+class _Noisy:
+    """A model whose every round reads ``ms`` (a net's blocks: ``blocks``) times its own factor
+    for (model, round): 1 on a quiet machine, log-normal on a noisy one."""
+
+    def __init__(self, ms: float, blocks: dict[int, float], factor: float) -> None:
+        self.ms, self.blocks, self.factor = ms, blocks, factor
+
+    def time(self, s: TimingSettings) -> list[float]:
+        return [self.ms * self.factor] * 5
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        return {i: [ms * self.factor] * 5 for i, ms in self.blocks.items()}
+
+
+def _noisy_loaders(noise_pct: float, loads: dict[str, int]):
+    """``loaders`` for a profile on a machine whose models read ``noise_pct`` apart from round to
+    round; ``loads`` counts each model's loads (one per round timed)."""
+    rng = random.Random(11)
+
+    def ms_of(key: str) -> float:
+        return 0.01 + int(hashlib.sha256(key.encode()).hexdigest()[:4], 16) / 65536 * 0.04
+
+    def factor(name: str) -> float:
+        loads[name] = loads.get(name, 0) + 1
+        return rng.lognormvariate(0.0, noise_pct / 100)
+
+    def load_op(call):
+        return _Noisy(ms_of(call.key), {}, factor(call.key))
+
+    def load_net(arch):
+        blocks = {i: ms_of(n.call.key) for i, n in enumerate(arch.plan.nodes) if n.call.priced}
+        return _Noisy(0.05 + sum(blocks.values()), blocks, factor(arch.to_json()))
+
+    return lambda s: (load_op, load_net)
+
+
+@pytest.mark.parametrize("noise_pct, rounds, steady", [(0.0, 3, True), (10.0, 5, False)])
+def test_a_noisy_machine_gets_more_rounds_and_a_quiet_one_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noise_pct: float, rounds: int, steady: bool
+) -> None:
+    """After ``rounds`` rounds a profile times more, up to ``max_rounds``, while a whole network's
+    median is uncertain by more than ``steady_pct``; the metadata says how many it took and why."""
+    import hwnas.profiling.profile as prof
+
+    loads: dict[str, int] = {}
+    monkeypatch.setattr(prof, "loaders", _noisy_loaders(noise_pct, loads))
+    s = fast_settings(rounds=3, max_rounds=5)
+    lut = profile(load_space("tiny"), s, tmp_path / "lut.csv")
+    spread = lut.meta["round_spread"]
+    assert lut.meta["rounds"] == spread["rounds"] == rounds and set(loads.values()) == {rounds}
+    assert spread["steady"] is steady and (spread["se_pct"] <= 2.0) is steady
+    assert spread["min_rounds"] == 3 and spread["max_rounds"] == 5 and spread["steady_pct"] == 2.0
+    assert spread["sd_pct"] == pytest.approx(noise_pct, abs=0.5 + 0.3 * noise_pct)
+    fixed = profile(load_space("tiny"), replace(s, max_rounds=3), tmp_path / "fixed.csv")
+    assert fixed.meta["rounds"] == 3  # --max-rounds at --rounds: exactly --rounds
+
+
+def test_an_interrupted_extra_round_resumes_to_the_same_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile killed in a round it added on a noisy machine decides the same on resuming (the
+    same journal rows) and times only what is missing."""
+    import hwnas.profiling.profile as prof
+
+    monkeypatch.setattr(prof, "loaders", _noisy_loaders(10.0, {}))
+    sp, s, out = load_space("tiny"), fast_settings(rounds=3, max_rounds=5), tmp_path / "lut.csv"
+    jobs = len(plan_work(sp, s).jobs(lambda c: None, lambda a: None))
+
+    def interrupt(done: int, total: int, name: str) -> None:
+        if total == 4 * jobs and done == 3 * jobs + 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile(sp, s, out, interrupt)
+    assert not out.exists()
+    lut = profile(sp, s, out)
+    assert lut.meta["resumed"] is True and lut.meta["rounds"] == 5
+    assert lut.meta["job_rounds_timed_last_run"] == 5 * jobs - (3 * jobs + 2)

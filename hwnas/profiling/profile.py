@@ -26,7 +26,9 @@ shuffled order per round). A round's *reading* of a model is the 10th percentile
 for part of a round, which moves a round's median but not its fast tail. Each figure is the
 median over rounds of the readings, each divided first by the machine's speed when it was timed
 (:func:`hwnas.profiling.runner.speed_factors`: a shared machine runs in episodes of seconds 1.5x
-slower, which hit every model timed meanwhile alike).
+slower, which hit every model timed meanwhile alike). After ``rounds`` rounds, more are timed, up
+to ``max_rounds``, while a whole network's median is uncertain by more than ``steady_pct``
+(:func:`steady_rounds`).
 Results go to a journal in ``<out>.work/`` as they come, so an interrupted profile resumes where
 it stopped; the LUT is written only when complete, atomically.
 """
@@ -77,6 +79,10 @@ class ProfileSettings:
     threads: int = 1  # intra-op threads, fixed for the whole profile
     batch: int = 1
     rounds: int = 3  # time-separated rounds; a figure is the median over rounds of each round's reading
+    # then more rounds, up to max_rounds, while a whole network's median over the rounds is uncertain by more
+    # than steady_pct (its standard error, from how far the networks move from round to round: steady_rounds)
+    max_rounds: int = 5
+    steady_pct: float = 2.0
     reading: str = runner.DEFAULT_READING  # the statistic of a round's runs that is its reading (runner.READINGS)
     calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
     seed: int = 0  # picks the calibration networks
@@ -88,8 +94,10 @@ class ProfileSettings:
             raise HwnasError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.device not in DEVICES:
             raise HwnasError(f"unknown device {self.device!r}; expected one of {', '.join(DEVICES)}")
-        if self.threads < 1 or self.batch < 1 or self.rounds < 1 or self.calib_nets < 0:
-            raise HwnasError("threads, batch and rounds must be >= 1 and calib-nets >= 0")
+        if self.threads < 1 or self.batch < 1 or self.rounds < 1 or self.max_rounds < 1 or self.calib_nets < 0:
+            raise HwnasError("threads, batch, rounds and max-rounds must be >= 1 and calib-nets >= 0")
+        if not (is_number(self.steady_pct) and self.steady_pct > 0):
+            raise HwnasError(f"steady_pct must be a number above 0 (percent), got {self.steady_pct!r}")
         if self.reading not in runner.READINGS:
             raise HwnasError(f"unknown reading {self.reading!r}; expected one of {', '.join(runner.READINGS)}")
 
@@ -507,6 +515,26 @@ def output_lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def steady_rounds(rows: list[dict[str, str]], s: ProfileSettings, work: Work, rounds: int) -> dict[str, Any]:
+    """Whether the first ``rounds`` rounds of a profile's journal ``rows`` are enough.
+
+    ``sd_pct``: how far a whole network moves from round to round after the speed correction
+    (:func:`hwnas.profiling.runner.round_spread_pct`, over the profile's networks); ``se_pct``:
+    the standard error of a network's median over ``rounds`` such readings (``1.2533 sd /
+    sqrt(rounds)``, as for normal noise). ``steady`` when ``se_pct <= s.steady_pct``, or when
+    there is no spread to judge. On a quiet machine a network moves about 1 % from round to
+    round and 3 rounds are enough; on a shared VM (3 December 2026) 3-14 %, and profiles timed
+    in 5-6 rounds predicted better on average and agreed better with each other
+    (``bench/RESULTS.md``).
+    """
+    sd = runner.round_spread_pct([r for r in rows if int(r["round"]) < rounds], work.nets, s.reading)
+    se = None if sd is None else float(1.2533 * sd / np.sqrt(rounds))
+    return {
+        "rounds": rounds, "min_rounds": s.rounds, "max_rounds": max(s.rounds, s.max_rounds),
+        "sd_pct": sd, "se_pct": se, "steady_pct": s.steady_pct, "steady": bool(se is None or se <= s.steady_pct),
+    }  # fmt: skip
+
+
 def profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | None = None) -> LUT:
     """Measure a LUT for ``space`` on the target of ``s`` and write it to ``out`` (resumable).
 
@@ -544,9 +572,18 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     load_op, load_net = loaders(s)
     results = work_dir / "results.csv"
     t0 = time.perf_counter()
-    timed = runner.run_jobs(work.jobs(load_op, load_net), s.rounds, s.effective_timing, results, progress)
-    extra = {**run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed}
-    lut = assemble(space_meta(space), s, work, read_rows(results), extra)
+    jobs = work.jobs(load_op, load_net)
+    rounds = s.rounds
+    timed = runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
+    while rounds < s.max_rounds and not steady_rounds(read_rows(results), s, work, rounds)["steady"]:
+        rounds += 1  # a resumed profile takes the same decisions: on the same rows, rounds already timed are kept
+        timed += runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
+    rows = [r for r in read_rows(results) if int(r["round"]) < rounds]
+    extra = {
+        **run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed,
+        "round_spread": steady_rounds(rows, s, work, rounds),
+    }  # fmt: skip
+    lut = assemble(space_meta(space), replace(s, rounds=rounds), work, rows, extra)
     lut.save(out)
     # rename, then delete: a kill while deleting must not leave a half-emptied journal that the
     # next run would take for a profile to resume (it would measure everything again)

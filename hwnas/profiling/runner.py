@@ -605,6 +605,25 @@ def round_values(
     return {k: [v for _, v in sorted(xs)] for k, xs in by.items()}
 
 
+def round_spread_pct(rows: list[dict[str, str]], names: Iterable[str], reading: str = DEFAULT_READING) -> float | None:
+    """How far a model's reading moves from round to round after the speed correction: one
+    standard deviation, in percent, pooled over the models ``names`` (:func:`round_values`).
+
+    Estimated as 1.4826 x the median of ``|log(a / b)|`` over every pair of rounds ``a``, ``b`` of
+    each model, over sqrt(2): the standard deviation of normal noise, unmoved by a few outlying
+    rounds and by how many rounds there are. None when no model of ``names`` has 2 rounds.
+    """
+    by = round_values(rows, reading=reading)
+    diffs = [
+        abs(float(np.log(a / b)))
+        for name in names
+        for i, a in enumerate(by.get(name, []))
+        for b in by[name][i + 1 :]
+        if a > 0 and b > 0
+    ]
+    return float(1.4826 * statistics.median(diffs) / np.sqrt(2) * 100) if diffs else None
+
+
 def round_medians(rows: list[dict[str, str]], steady: bool = True, reading: str = DEFAULT_READING) -> dict[str, float]:
     """Each name's figure: the median over rounds of its per-round readings (ms); ``steady`` and
     ``reading`` as for :func:`round_values`."""
