@@ -197,7 +197,7 @@ def profile(
             min=1,
             max=50,
             help="Then more rounds, up to this many, while a whole network's median over rounds is uncertain by "
-            "more than 2 % (a noisy machine); --max-rounds 3 (or the --rounds given) times exactly --rounds.",
+            "more than steady_pct (2 %; a noisy machine). Default 5; at --rounds or below, exactly --rounds.",
         ),
     ] = None,
     reading: Annotated[
