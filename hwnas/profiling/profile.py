@@ -522,8 +522,9 @@ def steady_rounds(rows: list[dict[str, str]], s: ProfileSettings, work: Work, ro
     (:func:`hwnas.profiling.runner.round_spread_pct`, over the profile's networks); ``se_pct``:
     the standard error of a network's median over ``rounds`` such readings (``1.2533 sd /
     sqrt(rounds)``, as for normal noise). ``steady`` when ``se_pct <= s.steady_pct``, or when
-    there is no spread to judge. On a quiet machine a network moves about 1 % from round to
-    round and 3 rounds are enough; on a shared VM (3 December 2026) 3-14 %, and profiles timed
+    there is no spread to judge. On a quiet machine a network should move about 1 % from round
+    to round (an estimate from a validation of 2 December 2026) and 3 rounds be enough; on a
+    shared VM (3 December 2026) 2-14 %, and profiles timed
     in 5-6 rounds predicted better on average and agreed better with each other
     (``bench/RESULTS.md``).
     """
