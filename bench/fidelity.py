@@ -12,7 +12,8 @@ a second, independent LUT and prints how far the two predict the same networks a
     python bench/fidelity.py                        # proxyless@224 and darts@32, 1 and 2 threads
     python bench/fidelity.py --configs proxyless:224:1 --nets 50 --repeat
 
-Takes about 2-3 minutes per configuration on a 2-core machine. Figures, not assertions.
+Takes about 3-5 minutes per configuration on a 2-core machine (4-8 with --repeat; a noisy machine
+makes the profiles take more rounds). Figures, not assertions.
 """
 
 from __future__ import annotations
