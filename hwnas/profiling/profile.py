@@ -576,13 +576,15 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     jobs = work.jobs(load_op, load_net)
     rounds = s.rounds
     timed = runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
-    while rounds < s.max_rounds and not steady_rounds(read_rows(results), s, work, rounds)["steady"]:
+    spread = steady_rounds(read_rows(results), s, work, rounds)
+    while rounds < s.max_rounds and not spread["steady"]:
         rounds += 1  # a resumed profile takes the same decisions: on the same rows, rounds already timed are kept
         timed += runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
+        spread = steady_rounds(read_rows(results), s, work, rounds)
     rows = [r for r in read_rows(results) if int(r["round"]) < rounds]
     extra = {
         **run_meta(s, time.perf_counter() - t0), "resumed": resumed, "job_rounds_timed_last_run": timed,
-        "round_spread": steady_rounds(rows, s, work, rounds),
+        "round_spread": spread,
     }  # fmt: skip
     lut = assemble(space_meta(space), replace(s, rounds=rounds), work, rows, extra)
     lut.save(out)
