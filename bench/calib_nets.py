@@ -85,12 +85,13 @@ def main() -> None:
     print(f"{'calib':>5}{'rounds':>7}{'LUT':>4}{'MAPE %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}{'corr. ±5%':>10}"
           f"{'Spearman':>9}{'fit MAPE %':>11}")  # fmt: skip
     probe_nets = {f"net:{n}": x for n, x in sp.probe_archs()}
+    journals = [runner.read_rows(a.out / f"profile{k}.csv") for k in range(a.profiles)]
     for n, rounds in [(n, r) for n in sorted(set(a.sizes)) for r in sorted(set(a.rounds))]:
         sub = Work(work.ops, {**probe_nets, **{f"net:calib-{i}": work.nets[f"net:calib-{i}"] for i in range(n)}})
         preds = []
         for k in range(a.profiles):
             sk = replace(s, calib_nets=n, rounds=rounds)
-            rows = [r for r in runner.read_rows(a.out / f"profile{k}.csv") if int(r["round"]) < rounds]
+            rows = [r for r in journals[k] if int(r["round"]) < rounds]
             lut = assemble(space_meta(sp), sk, sub, rows, run_meta(sk, 0.0))
             predicted, r, c = val.figures(lut, measured)
             preds.append(predicted)

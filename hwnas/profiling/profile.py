@@ -524,9 +524,8 @@ def steady_rounds(rows: list[dict[str, str]], s: ProfileSettings, work: Work, ro
     sqrt(rounds)``, as for normal noise). ``steady`` when ``se_pct <= s.steady_pct``, or when
     there is no spread to judge. On a quiet machine a network should move about 1 % from round
     to round (an estimate from a validation of 2 December 2026) and 3 rounds be enough; on a
-    shared VM (3 December 2026) 2-14 %, and profiles timed
-    in 5-6 rounds predicted better on average and agreed better with each other
-    (``bench/RESULTS.md``).
+    shared VM (3 December 2026) 2-14 %, and profiles timed in 5-6 rounds predicted better on
+    average and agreed better with each other (``bench/RESULTS.md``).
     """
     sd = runner.round_spread_pct([r for r in rows if int(r["round"]) < rounds], work.nets, s.reading)
     se = None if sd is None else float(1.2533 * sd / np.sqrt(rounds))
