@@ -44,10 +44,12 @@ class Validation:
     def figures(self, lut: LUT, measured: list[float]) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         """``lut``'s predictions of the random networks, and its fidelity figures as
         ``validate-lut`` computes them: raw, and drift-corrected (the raw ones when there is no drift).
-        Every LUT read here recorded every probe network, in the order the validation timed them."""
+        Every LUT read here recorded every probe network, in the order the validation timed them; the
+        drift is read from them alone (``validate-lut`` also re-times the calibration networks, which
+        the stored validations did not time; ``bench/drift_refs.py`` compares the two)."""
         n = len(self.archs)
         predicted = np.array([lut.predict(x).total_ms for x in self.archs])
-        drift = drift_of(measured[n:], reference_nets(self.space, lut))
+        drift = drift_of(measured[n:], reference_nets(self.space, lut, calibration=False))
         r = Fidelity(list(predicted), measured[:n], drift, None).summary()
         return predicted, r, r.get("corrected", r)
 

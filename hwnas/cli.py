@@ -542,7 +542,7 @@ def measure(
         bool,
         typer.Option(
             "--references/--no-references",
-            help="With --lut: time the LUT's probe networks in the same rounds, and give the network's time also at "
+            help="With --lut: time the networks the LUT's profile timed whole (probe and calibration) in the same rounds, and give the network's time also at "
             "the machine speed of the profile (the figure its prediction compares with).",
         ),
     ] = True,
@@ -551,7 +551,8 @@ def measure(
     """Build (or load) whole networks and time them end to end, with the same settings as a LUT.
 
     Several models are timed in the same rounds (each round in its own order), so their figures
-    compare with each other; with --lut the probe networks are timed once beside them all.
+    compare with each other; with --lut the LUT's reference networks (its probe and calibration
+    networks) are timed once beside them all.
 
     Example: hwnas measure runs/samples/arch_000.json --device cpu --backend onnxruntime --threads 1
     """
@@ -587,7 +588,9 @@ def measure(
         out.print_json(json.dumps(docs[0] if len(docs) == 1 else docs))
         return
     how = f"({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}, {s.reading} of runs)"
-    speed = f"its {len(refs)} probe networks, timed alongside, ran {signed_pct(drift - 1)} % vs then" if drift else ""
+    speed = (
+        f"its {len(refs)} reference networks, timed alongside, ran {signed_pct(drift - 1)} % vs then" if drift else ""
+    )
 
     def figures(d: dict[str, Any], at: str) -> str:
         """The network's time at the profile's speed and the prediction beside, as far as known."""
@@ -644,8 +647,9 @@ def _timing_input(
 
 
 def _reference_nets(table: LUT) -> list[tuple[Arch, float]]:
-    """The LUT's probe networks and their recorded times (:func:`hwnas.measure.reference_nets`);
-    none, with a note, when the LUT's space file is not at hand."""
+    """The LUT's probe and calibration networks and their recorded times
+    (:func:`hwnas.measure.reference_nets`); none, with a note, when the LUT's space file is not at
+    hand."""
     from hwnas.measure import reference_nets
     from hwnas.profiling.profile import space_from_meta
 
@@ -755,7 +759,7 @@ def export(
         lat = f"  latency ({s.backend}, {s.device}, {s.threads} thread(s), batch {s.batch}): measured {measured:.3f} ms"
         if r.drift:  # compare the prediction and the budget with the network at the profile's speed
             measured /= r.drift
-            lat += f" ({measured:.3f} ms at the profile's machine speed: its probe networks ran {signed_pct(r.drift - 1)} %)"
+            lat += f" ({measured:.3f} ms at the profile's machine speed: its reference networks ran {signed_pct(r.drift - 1)} %)"
         if r.predicted_ms is not None:
             lat += f", predicted {r.predicted_ms:.3f} ms ({signed_pct(r.predicted_ms / measured - 1)}%)"
         if r.budget_ms is not None:
@@ -865,7 +869,7 @@ def validate_lut(
     if drift and abs(drift - 1) * 100 >= DRIFT_NOTE_PCT:
         err.print(
             f"note: this machine runs {abs(drift - 1) * 100:.1f} % {'slower' if drift > 1 else 'faster'} now than "
-            "when the LUT was profiled (its probe networks, re-measured in the same rounds): the raw figures "
+            "when the LUT was profiled (its reference networks, re-measured in the same rounds): the raw figures "
             "include that, the drift-corrected ones leave it out; profile and validate in one quiet stretch",
             highlight=False,
             markup=False,

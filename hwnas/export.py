@@ -507,7 +507,7 @@ class ExportResult:
     lut: str | None = None
     measured_ms: float | None = None  # the exported ONNX with ONNX Runtime
     torch_ms: float | None = None  # the same network in torch eager
-    drift: float | None = None  # the machine now vs during the LUT's profile (its probe networks); > 1 slower
+    drift: float | None = None  # the machine now vs during the LUT's profile (its reference networks); > 1 slower
     settings: dict[str, Any] | None = None
     weights: dict[str, Any] = field(default_factory=dict)
     net: nn.Module | None = field(default=None, repr=False)

@@ -2,13 +2,14 @@
 
 ``measure_beside`` and ``measure_rounds`` time whole networks end to end with the same backend,
 threads, batch, reading and timing discipline as a LUT, in rounds across all networks (so slow
-drift of the machine spreads over all of them), the former beside the LUT's probe networks to
-read the machine's drift since the profile; ``fidelity`` compares such measurements with the
+drift of the machine spreads over all of them), the former beside the networks the LUT's profile
+timed whole (:func:`reference_nets`) to read the machine's drift since the profile; ``fidelity`` compares such measurements with the
 LUT's predictions.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ import numpy as np
 from scipy import stats
 
 from hwnas.arch import Arch
+from hwnas.checks import is_number
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
 from hwnas.profiling import runner
-from hwnas.profiling.profile import ProfileSettings, check_target, loaders
+from hwnas.profiling.profile import ProfileSettings, calibration_archs, check_target, loaders
 from hwnas.profiling.runner import Job, Timed, TimingSettings
 from hwnas.space import Space
 
@@ -200,8 +202,9 @@ class Fidelity:
     """Predicted vs measured latency of random networks of a space (ms, %).
 
     ``drift`` is how much slower (>1) or faster the machine runs now than when the LUT was
-    measured: the median ratio of the LUT's own probe networks re-measured now, in the same rounds
-    as the validation networks, to their times in the LUT's metadata. The ``corrected`` figures
+    measured: the median ratio of the networks the LUT's profile timed whole (its probe and
+    calibration networks, :func:`reference_nets`) re-measured now, in the same rounds as the
+    validation networks, to their times in the LUT's metadata. The ``corrected`` figures
     scale the predictions by it, separating the predictor's error from the machine's drift.
     ``repeat`` is the measurement's agreement with itself (:func:`repeatability`), the floor
     under which the figures say nothing about the LUT.
@@ -230,10 +233,38 @@ class Fidelity:
         return out
 
 
-def reference_nets(space: Space, lut: LUT) -> list[tuple[Arch, float]]:
-    """The LUT's probe networks with the whole-network times its metadata recorded (ms)."""
-    recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"].get("nets", [])}
-    return [(a, recorded[name]) for name, a in space.probe_archs() if name in recorded]
+def reference_nets(space: Space, lut: LUT, calibration: bool = True) -> list[tuple[Arch, float]]:
+    """The networks the LUT's profile timed whole, with the times its metadata recorded (ms): its
+    probe networks and (``calibration``) its random calibration networks, drawn again from the
+    profile's seed (:func:`hwnas.profiling.profile.calibration_archs`).
+
+    A network is left out where the LUT does not predict it as the profile's fit did (relative
+    difference above 1e-4: the space file or its sampler changed since, so the network drawn now
+    is not the one timed then). The calibration networks are random networks like the ones a
+    search derives: re-timed beside the probe networks, they read the machine's drift since the
+    profile closer to what such networks see (``bench/drift_refs.py``)."""
+    recorded = {n["name"]: n for n in lut.meta["model"].get("nets", [])}
+    nets = space.probe_archs()
+    if calibration:
+        seed, n = lut.meta.get("seed"), lut.meta.get("calib_nets")
+        nets += calibration_archs(space, seed, n) if isinstance(seed, int) and isinstance(n, int) else []
+    out = []
+    for name, a in nets:
+        r = recorded.get(name)
+        if r is None or not _predicts_as_recorded(lut, a, r.get("predicted_ms")):
+            continue
+        out.append((a, r["measured_ms"]))
+    return out
+
+
+def _predicts_as_recorded(lut: LUT, arch: Arch, recorded_ms: Any) -> bool:
+    """Whether ``lut`` predicts ``arch`` as its profile's fit recorded (True where nothing was)."""
+    if not is_number(recorded_ms):
+        return True
+    try:
+        return math.isclose(lut.predict(arch).total_ms, recorded_ms, rel_tol=1e-4)
+    except LutError:
+        return False
 
 
 def fidelity(
@@ -241,7 +272,8 @@ def fidelity(
 ) -> Fidelity:
     """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each.
 
-    The LUT's probe networks are measured in the same rounds to estimate the machine's drift.
+    The LUT's reference networks (:func:`reference_nets`) are measured in the same rounds to
+    estimate the machine's drift.
     ``measured`` is corrected for the machine's changing speed (:func:`measure_rounds`);
     ``measured_as_timed`` / ``repeat_as_timed`` are the same rounds without that correction.
     """

@@ -19,7 +19,7 @@ Files read from ``RUN_DIR`` (paths relative to it):
 * ``measure.json`` or ``export.json``: the measured latency of the derived net, i.e. the output of
   ``hwnas measure RUN_DIR/arch.json --lut LUT --json`` (or ``hwnas export ... --json``) saved
   there; the keys read are ``measured_ms`` and, when there, ``drift`` (the machine then vs during the
-  profile, from the LUT's probe networks timed alongside): the net at the profile's speed is
+  profile, from the LUT's reference networks timed alongside): the net at the profile's speed is
   ``measured_ms / drift``, the figure its prediction compares with;
 * ``fidelity.json`` (``hwnas validate-lut --json``): the LUT's fidelity report with the per-net
   lists ``predicted_ms`` and ``measured_ms`` (equal length, ms), read at the profile's machine

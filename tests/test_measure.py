@@ -79,3 +79,30 @@ def test_a_measurement_takes_the_luts_reading(tiny_lut: LUT) -> None:
     assert settings_from_lut(tiny_lut).reading == "median"
     del tiny_lut.meta["reading"]
     assert settings_from_lut(tiny_lut).reading == "median"
+
+
+def test_the_references_are_every_network_the_profile_timed_whole(tiny_lut: LUT) -> None:
+    """The drift since a profile is read from its probe networks and its random calibration networks:
+    drawn again from the LUT's seed, they are the networks it timed, with the times it recorded."""
+    space = load_space("tiny")
+    recorded = tiny_lut.meta["model"]["nets"]
+    assert tiny_lut.meta["calib_nets"] == 2 and sum(n["name"].startswith("calib-") for n in recorded) == 2
+    refs = reference_nets(space, tiny_lut)
+    assert [t for _, t in refs] == [n["measured_ms"] for n in recorded]
+    assert [tiny_lut.predict(a).total_ms for a, _ in refs] == pytest.approx([n["predicted_ms"] for n in recorded])
+    probes = reference_nets(space, tiny_lut, calibration=False)
+    assert len(probes) == len(space.probe_archs()) == len(refs) - 2
+
+
+def test_a_calibration_network_drawn_differently_now_is_no_reference(tiny_lut: LUT) -> None:
+    """Where the network drawn again is not the one the profile timed (its prediction differs from the
+    recorded one: the space file or its sampler changed), it is left out; without a recorded seed
+    (a LUT from before it was recorded) the references are the probe networks."""
+    space = load_space("tiny")
+    n_probes = len(space.probe_archs())
+    calib0 = next(n for n in tiny_lut.meta["model"]["nets"] if n["name"] == "calib-0")
+    calib0["predicted_ms"] *= 1.001
+    refs = reference_nets(space, tiny_lut)
+    assert len(refs) == n_probes + 1 and calib0["measured_ms"] not in [t for _, t in refs[n_probes:]]
+    del tiny_lut.meta["seed"]
+    assert len(reference_nets(space, tiny_lut)) == n_probes

@@ -133,11 +133,15 @@ class Work:
 def plan_work(space: Space, s: ProfileSettings) -> Work:
     """The op calls and networks a profile of ``space`` times (deterministic for a seed)."""
     ops = {f"op:{c.key}": c for c in space.calls()}
-    nets = {f"net:{name}": a for name, a in space.probe_archs()}
-    rng = random.Random(s.seed)
-    for i in range(s.calib_nets):
-        nets[f"net:calib-{i}"] = space.sample(rng)
+    nets = {f"net:{name}": a for name, a in space.probe_archs() + calibration_archs(space, s.seed, s.calib_nets)}
     return Work(ops, nets)
+
+
+def calibration_archs(space: Space, seed: int, n: int) -> list[tuple[str, Arch]]:
+    """The ``n`` random calibration networks a profile with ``seed`` times, by name (``calib-<i>``):
+    drawn again from the same seed, they are the ones that profile timed."""
+    rng = random.Random(seed)
+    return [(f"calib-{i}", space.sample(rng)) for i in range(n)]
 
 
 def _arity(call: OpCall) -> int:
