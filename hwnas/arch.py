@@ -28,7 +28,7 @@ from torch import nn
 
 from hwnas.checks import is_int
 from hwnas.errors import HwnasError
-from hwnas.ops import OpCall, OpError, Shape, get_op, make_call
+from hwnas.ops import NODE_SUM, OpCall, OpError, Shape, get_op, make_call
 
 SCHEMA = "hwnas.arch/1"
 KINDS = ("blocks", "cells")
@@ -90,7 +90,7 @@ class Plan:
         made: set[tuple[str, tuple[int, ...]]] = set()  # weightless calls made, with their inputs
         roles = []
         for n in self.nodes:
-            if n.call.op == "add":
+            if n.call.op == NODE_SUM:
                 shared = any(j >= 0 and readers[j] == 1 and self.nodes[j].call.trailing_conv for j in n.inputs)
             elif n.call.weightless:
                 shared = (n.call.key, n.inputs) in made
@@ -116,7 +116,7 @@ def role_priced(call: OpCall, tag: tuple[Any, ...]) -> bool:
     all 1,664; priced by role, MAPE fell for 8 of 8 LUTs."""
     edge = tag[:1] == ("edge",)
     return (
-        call.op == "add"
+        call.op == NODE_SUM
         or (edge and call.weightless)
         or (edge and call.leading_relu and call.param_dict.get("stride") == 1)
     )
@@ -340,7 +340,9 @@ def walk_cells(in_shape: Shape, body: Mapping[str, Any], cells: Mapping[str, lis
                 w = f"{where} ({cell}) node {j} edge {e}"
                 outs.append(b.add(op, {"stride": stride}, (states[src],), w, ("edge", cell, k, i)))
                 k += 1
-            total = b.add("add", {"n": len(outs)}, tuple(outs), f"{where} node {j} sum") if len(outs) > 1 else outs[0]
+            total = (
+                b.add(NODE_SUM, {"n": len(outs)}, tuple(outs), f"{where} node {j} sum") if len(outs) > 1 else outs[0]
+            )
             states.append(total)
         out = b.add("concat", {"n": n_nodes}, tuple(states[2:]), f"{where} concat", ("cell_out", i))
         s0, s1, red_prev = s1, out, red

@@ -41,7 +41,7 @@ from torch import nn
 
 from hwnas.arch import Arch, Plan, role_priced, walk_cells
 from hwnas.lut import LUT
-from hwnas.ops import OpCall, make_call
+from hwnas.ops import NODE_SUM, OpCall, make_call
 from hwnas.ops.blocks import MBConv
 from hwnas.space import Choice, Space
 from hwnas.strategies import Strategy
@@ -335,14 +335,14 @@ class Supernet(nn.Module):
                 "pure", torch.tensor([float(c.weightless) for c in calls], device=dev), persistent=False
             )
         cells = sp.kind == "cells"  # a cell node's sum is priced by its role in _cells_expected
-        fixed = sum(lut.latency[c.key] for c in price.fixed if c.priced and not (cells and c.op == "add"))
+        fixed = sum(lut.latency[c.key] for c in price.fixed if c.priced and not (cells and c.op == NODE_SUM))
         self.register_buffer("fixed_ms", torch.tensor(fixed, device=dev))
         sums: dict[tuple[int, int], list[float]] = {}  # (cell, node): the derived sum's (own, shared) ms
         if cells:
             for n in price.plan.nodes:
-                if n.call.op == "add":
+                if n.call.op == NODE_SUM:
                     _, _, k, cell = price.plan.nodes[n.inputs[0]].tag
-                    key = make_call("add", {"n": 2}, n.call.in_shape).key
+                    key = make_call(NODE_SUM, {"n": 2}, n.call.in_shape).key
                     sums[cell, _edge_of(k, int(sp.raw["nodes"]))[0]] = [
                         lut.latency[key],
                         lut.shared.get(key, lut.latency[key]),

@@ -4,7 +4,7 @@ Importing this package registers all ops (block ops and DARTS ops).
 """
 
 from hwnas.ops import blocks, darts  # noqa: F401  (registration side effects)
-from hwnas.ops.darts import DARTS_OPS
+from hwnas.ops.darts import DARTS_OPS, NODE_SUM
 from hwnas.ops.registry import (
     OpCall,
     OpError,
@@ -20,6 +20,7 @@ from hwnas.ops.registry import (
 
 __all__ = [
     "DARTS_OPS",
+    "NODE_SUM",
     "OpCall",
     "OpError",
     "OpSpec",

@@ -248,7 +248,11 @@ def _check_n(shape: Shape, p: dict[str, Any]) -> None:
         raise OpError(f"n must be >= 2, got {p['n']}")
 
 
-@register_op("add", params=("n",), out_shape=_n_same, check=_check_n, arity=0, weightless=True)
+# The op of a DARTS node's sum, by name: the walker writes it, the pricing finds it (one place).
+NODE_SUM = "add"
+
+
+@register_op(NODE_SUM, params=("n",), out_shape=_n_same, check=_check_n, arity=0, weightless=True)
 class AddN(nn.Module):
     """Sum of ``n`` tensors of the input shape (a DARTS node)."""
 
