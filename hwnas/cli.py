@@ -542,8 +542,9 @@ def measure(
         bool,
         typer.Option(
             "--references/--no-references",
-            help="With --lut: time the networks the LUT's profile timed whole (probe and calibration) in the same rounds, and give the network's time also at "
-            "the machine speed of the profile (the figure its prediction compares with).",
+            help="With --lut: time the networks the LUT's profile timed whole (probe and calibration) in the same "
+            "rounds, and give the network's time also at the machine speed of the profile (the figure its "
+            "prediction compares with).",
         ),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list for several models).")] = False,

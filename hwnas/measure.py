@@ -3,8 +3,8 @@
 ``measure_beside`` and ``measure_rounds`` time whole networks end to end with the same backend,
 threads, batch, reading and timing discipline as a LUT, in rounds across all networks (so slow
 drift of the machine spreads over all of them), the former beside the networks the LUT's profile
-timed whole (:func:`reference_nets`) to read the machine's drift since the profile; ``fidelity`` compares such measurements with the
-LUT's predictions.
+timed whole (:func:`reference_nets`) to read the machine's drift since the profile;
+``fidelity`` compares such measurements with the LUT's predictions.
 """
 
 from __future__ import annotations
