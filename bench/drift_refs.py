@@ -7,7 +7,7 @@ the references of ``now / recorded`` (:func:`hwnas.measure.drift_of`). The refer
 LUT's probe networks (every layer one candidate), which are not networks a search derives. This
 bench times ``--nets`` random validation networks (the seed of ``bench/fidelity.py``), the
 space's probe networks and the profile's random calibration networks (regenerated from the
-LUT's seed, as :func:`hwnas.profiling.profile.plan_work` drew them) in 9 rounds, then reads each
+LUT's seed: :func:`hwnas.profiling.profile.calibration_archs`) in 9 rounds, then reads each
 stored LUT of ``--luts`` with the drift estimated from the probe networks, the calibration
 networks, or both, and prints the drift-corrected figures and the bias left (the mean signed
 error: what a wrong level leaves). ``ideal`` is the drift the random networks themselves would
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ import numpy as np
 from hwnas.lut import LUT
 from hwnas.measure import VALIDATION_ROUNDS, Fidelity, repeatability, settings_from_lut
 from hwnas.profiling import runner
-from hwnas.profiling.profile import loaders, plan_work
+from hwnas.profiling.profile import calibration_archs, loaders
 from hwnas.profiling.runner import Job
 from hwnas.space import load_space
 
@@ -55,8 +54,7 @@ def main() -> None:
         ap.error(f"the LUTs drew different calibration networks (seed, count): {sorted(plans)}")
     seed, calib = plans.pop()
     s = settings_from_lut(luts[0], rounds=VALIDATION_ROUNDS)
-    work = plan_work(sp, replace(s, seed=seed, calib_nets=calib))
-    refs = {name.removeprefix("net:"): x for name, x in work.nets.items()}
+    refs = dict(sp.probe_archs() + calibration_archs(sp, seed, calib))
     rng = random.Random(a.seed)
     archs = [sp.sample(rng) for _ in range(a.nets)]
     models = archs + list(refs.values())
