@@ -217,6 +217,20 @@ class Fidelity:
     repeat: dict[str, float | None] | None = None
     measured_as_timed: list[float] | None = None  # the same rounds without the speed correction
     repeat_as_timed: dict[str, float | None] | None = None
+    references: tuple[tuple[Arch, float], ...] = ()  # the reference networks and their times now (ms)
+
+    def drift_for(self, lut: LUT, space: Space) -> float | None:
+        """The drift of another LUT of the same space since its profile, read from this
+        measurement's reference networks that are also ``lut``'s (:func:`reference_nets`; a second
+        profile with the same seed has the same ones), so that two LUTs are judged against one
+        measurement without timing anything again. None when they share none."""
+        now, refs = [], []
+        for a, then in reference_nets(space, lut):
+            t = next((t for r, t in self.references if r == a), None)
+            if t is not None:
+                now.append(t)
+                refs.append((a, then))
+        return drift_of(now, refs)
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)
@@ -289,4 +303,5 @@ def fidelity(
     return Fidelity(
         predicted, measured[:n], drift, lut.meta.get("profile_seconds"), repeatability(rounds[:n]),
         [float(np.median(r)) for r in timed[:n]], repeatability(timed[:n]),
+        tuple((a, t) for (a, _), t in zip(refs, measured[n:], strict=True)),
     )  # fmt: skip

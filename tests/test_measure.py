@@ -4,6 +4,7 @@ of the networks through the speed correction."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 from conftest import fast_settings
@@ -66,6 +67,7 @@ def test_fidelity_reads_the_networks_through_the_speed_correction(
     f = hwnas.measure.fidelity(space, tiny_lut, 12, 7, fast_settings(rounds=3))
     r = f.summary()
     assert r["mape_pct"] < 1e-6 and r["drift"] == pytest.approx(1.0)
+    assert len(f.references) == len(reference_nets(space, tiny_lut)) and f.drift_for(tiny_lut, space) == f.drift
     assert r["repeatability"]["mean_diff_pct"] < 1e-6
     assert r["as_timed"]["mape_pct"] > 5 and r["as_timed"]["repeatability"]["mean_diff_pct"] > 5
 
@@ -109,3 +111,26 @@ def test_a_calibration_network_drawn_differently_now_is_no_reference(tiny_lut: L
     assert len(refs) == n_probes + 1 and calib0["measured_ms"] not in [t for _, t in refs[n_probes:]]
     del tiny_lut.meta["seed"]
     assert len(reference_nets(space, tiny_lut)) == n_probes
+
+
+def test_a_second_lut_is_judged_by_the_same_reference_networks(tiny_lut_path: Path) -> None:
+    """Two profiles of a space (the same seed: the same probe and calibration networks) are judged
+    against one measurement: the second LUT's drift is read from the reference networks the
+    measurement timed, against the times its own profile recorded; networks it does not share
+    are not read."""
+    from hwnas.measure import Fidelity
+
+    space = load_space("tiny")
+    first, second = LUT.load(tiny_lut_path), LUT.load(tiny_lut_path)
+    for n in second.meta["model"]["nets"]:
+        n["measured_ms"] *= 1.1  # the second profile ran on a machine 10 % slower
+    refs = reference_nets(space, first)
+    f = Fidelity([1.0], [1.0], 1.2, None, references=tuple((a, t * 1.2) for a, t in refs))
+    assert f.drift_for(first, space) == pytest.approx(1.2)
+    assert f.drift_for(second, space) == pytest.approx(1.2 / 1.1)
+    # the measurement timed only some of them: the median over those
+    some = Fidelity(
+        [1.0], [1.0], 1.2, None, references=tuple((a, t * k) for (a, t), k in zip(refs[:3], (1, 2, 3), strict=True))
+    )
+    assert some.drift_for(first, space) == pytest.approx(2.0)
+    assert Fidelity([1.0], [1.0], None, None).drift_for(second, space) is None
