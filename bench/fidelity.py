@@ -9,7 +9,7 @@ noise, not the LUT's error), and the same figures as timed, without the correcti
 machine's changing speed. With ``--repeat`` it builds
 a second, independent LUT, judges it against the same measurement (its drift read from the same
 reference networks) and prints how far the two predict the same networks apart, as they are and
-each brought to the validation's speed.
+each brought to the validation's speed. Each network's figures go to ``<out>/<config>.validation.json``.
 
     python bench/fidelity.py                        # proxyless@224 and darts@32, 1 and 2 threads
     python bench/fidelity.py --configs proxyless:224:1 --nets 50 --repeat
@@ -63,6 +63,10 @@ def main() -> None:
         f = fidelity(sp, lut, a.nets, a.seed, replace(s, rounds=a.measure_rounds))
         r = f.summary()
         r.update(config=cfg, profile_seconds=round(secs, 1), keys=len(lut.table))
+        # each network's figures, for re-reading later without timing again (seed: the networks)
+        nets = {"seed": a.seed, "predicted_ms": f.predicted, "measured_ms": f.measured,
+                "measured_as_timed_ms": f.measured_as_timed, "references_ms": [t for _, t in f.references]}  # fmt: skip
+        path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:
             path2 = a.out / f"{name}-{size}-t{threads}-repeat.csv"
             for p in (path2, path2.with_name(path2.stem + ".meta.json")):
