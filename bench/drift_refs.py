@@ -7,7 +7,7 @@ the references of ``now / recorded`` (:func:`hwnas.measure.drift_of`). The refer
 LUT's probe networks (every layer one candidate), which are not networks a search derives. This
 bench times ``--nets`` random validation networks (the seed of ``bench/fidelity.py``), the
 space's probe networks and the profile's random calibration networks (regenerated from the
-LUT's seed: :func:`hwnas.profiling.profile.calibration_archs`) in 9 rounds, then reads each
+LUT's seed: :func:`hwnas.profiling.profile.calibration_archs`) in 9 rounds (``--rounds``), then reads each
 stored LUT of ``--luts`` with the drift estimated from the probe networks, the calibration
 networks, or both, and prints the drift-corrected figures and the bias left (the mean signed
 error: what a wrong level leaves). ``ideal`` is the drift the random networks themselves would
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--luts", nargs="+", type=Path, required=True, help="LUTs of this space and size")
     ap.add_argument("--nets", type=int, default=50, help="validation networks")
     ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks (as bench/fidelity.py)")
+    ap.add_argument("--rounds", type=int, default=VALIDATION_ROUNDS, help="rounds for every network")
     ap.add_argument("--out", type=Path, default=Path("bench/out/drift-d32"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,7 @@ def main() -> None:
     if len(plans) != 1:
         ap.error(f"the LUTs drew different calibration networks (seed, count): {sorted(plans)}")
     seed, calib = plans.pop()
-    s = settings_from_lut(luts[0], rounds=VALIDATION_ROUNDS)
+    s = settings_from_lut(luts[0], rounds=a.rounds)
     refs = dict(sp.probe_archs() + calibration_archs(sp, seed, calib))
     rng = random.Random(a.seed)
     archs = [sp.sample(rng) for _ in range(a.nets)]
@@ -67,10 +68,13 @@ def main() -> None:
     rounds = [by[f"arch{i}"] for i in range(len(models))]
     now = dict(zip(refs, (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
     measured = [float(np.median(r)) for r in rounds[: a.nets]]
-    self_diff = (repeatability(rounds[: a.nets]) or {}).get("mean_diff_pct", float("nan"))
-    print(f"{a.space} @ {a.input_size}, {a.nets} networks, {len(refs)} references "
-          f"({calib} calibration networks); validation self-diff {self_diff:.2f} %\n")  # fmt: skip
-    print(f"{'LUT':<48}{'drift from':>12}{'drift %':>9}{'MAPE %':>8}{'max %':>7}{'±5 %':>6}{'bias %':>8}")
+    rep = repeatability(rounds[: a.nets]) or {}
+    print(f"{a.space} @ {a.input_size}, {a.nets} networks, {len(refs)} references ({calib} calibration networks), "
+          f"{len(rounds[0])} rounds; validation self-diff {rep.get('mean_diff_pct', float('nan')):.2f} %, "
+          f"its halves' Spearman {rep.get('spearman') or float('nan'):.4f}\n")  # fmt: skip
+    print(
+        f"{'LUT':<48}{'drift from':>12}{'drift %':>9}{'MAPE %':>8}{'max %':>7}{'±5 %':>6}{'bias %':>8}{'Spearman':>9}"
+    )
     summary: dict[str, list[tuple[float, float]]] = {}  # per estimator: (MAPE, |bias|) per LUT
     for p, lut in zip(a.luts, luts, strict=True):
         recorded = {n["name"]: n["measured_ms"] for n in lut.meta["model"]["nets"]}
@@ -86,7 +90,7 @@ def main() -> None:
             drift = float(np.median(values))
             c = Fidelity(predicted, measured, drift, None).summary()["corrected"]
             print(f"{str(p)[-48:]:<48}{label:>12}{(drift - 1) * 100:>+9.2f}{c['mape_pct']:>8.2f}"
-                  f"{c['max_error_pct']:>7.1f}{c['within_5pct'] * 100:>5.0f}%{c['bias_pct']:>+8.2f}")  # fmt: skip
+                  f"{c['max_error_pct']:>7.1f}{c['within_5pct'] * 100:>5.0f}%{c['bias_pct']:>+8.2f}{c['spearman']:>9.4f}")  # fmt: skip
             summary.setdefault(label, []).append((c["mape_pct"], abs(c["bias_pct"])))
     print(f"\nmean over the {len(luts)} LUTs (MAPE %, |bias| %; LUTs with a smaller |bias| than from the probes):")
     for label, figs in summary.items():
