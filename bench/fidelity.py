@@ -5,7 +5,8 @@ For each (space, input size, threads) it builds a LUT with ``hwnas profile`` set
 measures N random networks end to end (ONNX Runtime CPU, batch 1) and prints MAPE, max error,
 share within ±5% / ±10%, Spearman and Kendall, the profile time, and how far the measurement
 disagrees with itself (``self-diff``: even vs odd rounds; figures near it are the machine's
-noise, not the LUT's error), and the same figures as timed, without the correction for the
+noise, not the LUT's error; ``Sp. ceiling``: about the Spearman a perfect predictor would read
+against this measurement), and the same figures as timed, without the correction for the
 machine's changing speed. With ``--repeat`` it builds
 a second, independent LUT, judges it against the same measurement (its drift read from the same
 reference networks) and prints how far the two predict the same networks apart, as they are and
@@ -92,7 +93,7 @@ def main() -> None:
         f"{'config':<18}{'keys':>5}{'profile s':>10}{'MAPE %':>8}{'max %':>7}{'±5%':>6}{'±10%':>6}{'Spearman':>9}"
         f"{'Kendall':>8}{'drift %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}{'corr. ±5%':>10}{'self-diff %':>12}"
     )
-    head += f"{'as-timed MAPE %':>16}{'as-timed self-diff %':>21}"
+    head += f"{'Sp. ceiling':>12}{'as-timed MAPE %':>16}{'as-timed self-diff %':>21}"
     if a.repeat:
         head += f"{'2nd LUT max diff %':>20}"
     print(head)
@@ -104,6 +105,8 @@ def main() -> None:
             f"{r['corrected']['within_5pct'] * 100:>9.0f}%"
             + (f"{r['repeatability']['mean_diff_pct']:>12.2f}" if r.get("repeatability") else f"{'n/a':>12}")
         )
+        ceiling = (r.get("repeatability") or {}).get("spearman_ceiling")
+        line += f"{ceiling:>12.4f}" if ceiling is not None else f"{'n/a':>12}"
         raw = r.get("as_timed") or {}
         raw_rep = raw.get("repeatability") or {}
         line += f"{raw.get('mape_pct', float('nan')):>16.2f}{raw_rep.get('mean_diff_pct', float('nan')):>21.2f}"

@@ -846,6 +846,8 @@ def validate_lut(
             "repeatability (even vs odd rounds)",
             f"{rep['mean_diff_pct']:.2f} % mean, {rep['max_diff_pct']:.2f} % max, Spearman {rho}", "",
         ))  # fmt: skip
+        if rep.get("spearman_ceiling") is not None:  # what this measurement's own noise leaves of rank
+            rows.append(("Spearman of a perfect LUT", f"about {rep['spearman_ceiling']:.4f}", ""))
     raw = r.get("as_timed")
     if raw:
         raw_rep = raw.get("repeatability")

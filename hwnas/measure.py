@@ -117,6 +117,11 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     the rounds and both are noisy, so the whole measurement's own noise is roughly half the mean
     difference; fidelity errors of that order are the machine's, not the LUT's. None with fewer
     than 2 rounds.
+
+    ``spearman_ceiling``: about the rank correlation a perfect predictor would reach against the
+    whole measurement, ``sqrt(2 r / (1 + r))`` for the halves' ``r`` (the Spearman-Brown
+    reliability of the whole, whose square root bounds its correlation with the networks' true
+    times; an approximation for rank correlations). None where ``r`` is None or not positive.
     """
     if not rounds or min(len(r) for r in rounds) < 2:
         return None
@@ -126,7 +131,8 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     rho: float | None = None
     if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
         rho = float(stats.spearmanr(a, b).statistic)
-    return {"mean_diff_pct": mean, "max_diff_pct": most, "spearman": rho}
+    ceiling = math.sqrt(2 * rho / (1 + rho)) if rho is not None and rho > 0 else None
+    return {"mean_diff_pct": mean, "max_diff_pct": most, "spearman": rho, "spearman_ceiling": ceiling}
 
 
 def onnx_loader(path: Path, s: ProfileSettings, shown: Path | None = None) -> Callable[[], Timed]:

@@ -124,11 +124,12 @@ def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, mo
     import hwnas.measure
 
     def noisy(rounds: list[list[float]]) -> dict[str, float | None]:
-        return {"mean_diff_pct": 12.5, "max_diff_pct": 30.0, "spearman": 0.5}
+        return {"mean_diff_pct": 12.5, "max_diff_pct": 30.0, "spearman": 0.5, "spearman_ceiling": 0.8165}
 
     monkeypatch.setattr(hwnas.measure, "repeatability", noisy)
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2")
     assert res.exit_code == 0 and "disagree with themselves by 12.5 %" in res.output, res.output
+    assert "Spearman of a perfect LUT" in res.output and "about 0.8165" in res.output, res.output
     monkeypatch.setattr(hwnas.measure, "repeatability", lambda rounds: {**noisy(rounds), "mean_diff_pct": 0.5})
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2")
     assert res.exit_code == 0 and "disagree with themselves" not in res.output, res.output

@@ -19,10 +19,21 @@ def test_repeatability_compares_even_with_odd_rounds() -> None:
     r = repeatability([[1.0, 1.1, 1.0, 1.1], [2.0, 2.2, 2.0, 2.2], [3.0, 3.3, 3.0, 3.3]])
     assert r is not None
     assert r["mean_diff_pct"] == pytest.approx(100 / 11) and r["max_diff_pct"] == pytest.approx(100 / 11)
-    assert r["spearman"] == pytest.approx(1.0)
-    # halves that rank the nets in reverse
+    assert r["spearman"] == pytest.approx(1.0) and r["spearman_ceiling"] == pytest.approx(1.0)
+    # halves that rank the nets in reverse: no ceiling to speak of
     r = repeatability([[1.0, 3.0], [2.0, 2.0], [3.0, 1.0]])
     assert r is not None and r["spearman"] == pytest.approx(-1.0) and r["max_diff_pct"] == pytest.approx(200.0)
+    assert r["spearman_ceiling"] is None
+
+
+def test_the_rank_ceiling_follows_the_halves_agreement() -> None:
+    """Halves that rank 5 networks with one neighbouring pair swapped (Spearman 0.9): the whole
+    measurement, twice as many rounds, would correlate with the true order at about
+    sqrt(2 * 0.9 / 1.9) = 0.973, what a perfect predictor can read against it."""
+    even, odd = [1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 4.0, 3.0, 5.0]
+    r = repeatability([[a, b] for a, b in zip(even, odd, strict=True)])
+    assert r is not None and r["spearman"] == pytest.approx(0.9)
+    assert r["spearman_ceiling"] == pytest.approx((2 * 0.9 / 1.9) ** 0.5)
 
 
 def test_repeatability_needs_two_rounds() -> None:
