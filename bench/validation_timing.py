@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Does timing each network longer per round make a validation agree with itself better?
+
+A validation (``validate-lut``, ``bench/fidelity.py``) times each network for ``target_ms`` (80 ms)
+per round, 9 rounds, and reads each round's p10. On this project's shared VMs a DARTS @ 32
+validation (networks of 1-3 ms) disagreed with itself by 2-5 % between its even and odd rounds,
+and its halves' rank correlation put the Spearman a perfect LUT could read at about 0.965-0.994:
+the issue's 0.99 could not be judged. This bench times the same ``--nets`` random networks (the
+seed of ``bench/fidelity.py``) and the LUT's reference networks once per ``--targets`` value, all
+of them in the same shuffled rounds, so every variant sees the same machine. For each variant it
+prints the measurement's self-diff (even vs odd rounds), its halves' Spearman and the ceiling
+that implies (:func:`hwnas.measure.repeatability`), and each LUT's drift-corrected figures
+against it (the drift from that variant's own reference networks), at the p10 and median
+readings.
+
+    python bench/validation_timing.py --luts bench/out/fid-1204-1325/darts-32-t1*.csv \\
+        --targets 80 320 --out bench/out/vtiming-d32
+
+The timings stay in ``--out/timings.json``; a second run with the same ``--out`` reads them again.
+Figures, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.lut import LUT
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, reference_nets, repeatability, settings_from_lut
+from hwnas.profiling import runner
+from hwnas.profiling.profile import loaders
+from hwnas.profiling.runner import Job, Timed, TimingSettings
+from hwnas.space import load_space
+
+
+class TimedFor:
+    """A model timed for ``target_ms`` per round whatever the loop asks."""
+
+    def __init__(self, model: Timed, target_ms: float) -> None:
+        self.model, self.target_ms = model, target_ms
+
+    def time(self, s: TimingSettings) -> list[float]:
+        return self.model.time(replace(s, target_ms=self.target_ms))
+
+    def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        raise NotImplementedError("timed whole only")
+
+
+def _f4(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--luts", nargs="+", type=Path, required=True, help="LUTs of one space and size")
+    ap.add_argument("--targets", nargs="+", type=float, default=[80.0, 320.0], help="ms per network per round")
+    ap.add_argument("--nets", type=int, default=50, help="validation networks")
+    ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks (as bench/fidelity.py)")
+    ap.add_argument("--rounds", type=int, default=VALIDATION_ROUNDS)
+    ap.add_argument("--out", type=Path, default=Path("bench/out/vtiming"))
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    luts = [LUT.load(p) for p in a.luts]
+    first = luts[0]
+    m = first.meta
+    sp = load_space(m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"])).with_params(
+        in_channels=m.get("in_channels"), num_classes=m.get("num_classes")
+    )
+    refs = reference_nets(sp, first)
+    rng = random.Random(a.seed)
+    archs = [sp.sample(rng) for _ in range(a.nets)]
+    models = archs + [x for x, _ in refs]
+    s = settings_from_lut(first, rounds=a.rounds)
+    path = a.out / "timings.json"
+    if not path.exists():
+        _, load_net = loaders(s)
+        jobs = [
+            Job(f"t{t:g}/{i}", "model", (lambda x=x, t=t: TimedFor(load_net(x), t)))
+            for t in a.targets
+            for i, x in enumerate(models)
+        ]
+        rows = runner.time_job_rows(jobs, s.rounds, s.effective_timing)
+        runner.write_json_atomic(path, {"targets": a.targets, "nets": a.nets, "rows": rows})
+    saved = json.loads(path.read_text())
+    print(f"{sp.name} @ {sp.input_size}, {a.nets} networks + {len(refs)} references, {a.rounds} rounds, "
+          f"targets {saved['targets']} ms, all in the same rounds\n")  # fmt: skip
+    head = f"{'reading':<8}{'ms':>6}{'self-diff %':>12}{'max %':>7}{'halves Sp':>10}{'ceiling':>8}"
+    print(head + "".join(f"{'MAPE ' + str(k):>9}{'Sp ' + str(k):>9}" for k in range(len(luts))))
+    for reading in ("p10", "median"):
+        by = runner.round_values(saved["rows"], reading=reading)
+        for t in saved["targets"]:
+            rounds = [by[f"t{t:g}/{i}"] for i in range(len(models))]
+            rep = repeatability(rounds[: a.nets]) or {}
+            measured = [float(np.median(r)) for r in rounds[: a.nets]]
+            rho, ceiling = (rep.get(k) for k in ("spearman", "spearman_ceiling"))
+            line = (f"{reading:<8}{t:>6g}{rep['mean_diff_pct']:>12.2f}{rep['max_diff_pct']:>7.1f}"
+                    f"{_f4(rho):>10}{_f4(ceiling):>8}")  # fmt: skip
+            now = tuple(zip((x for x, _ in refs), (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
+            for lut in luts:
+                predicted = [lut.predict(x).total_ms for x in archs]
+                drift = Fidelity([], [], None, None, references=now).drift_for(lut, sp)
+                c = Fidelity(predicted, measured, drift, None).summary()["corrected"]
+                line += f"{c['mape_pct']:>9.2f}{c['spearman']:>9.4f}"
+            print(line)
+    print("\nLUTs: " + ", ".join(f"{k} {p}" for k, p in enumerate(a.luts)))
+
+
+if __name__ == "__main__":
+    main()
