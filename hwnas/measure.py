@@ -118,10 +118,13 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     difference; fidelity errors of that order are the machine's, not the LUT's. None with fewer
     than 2 rounds.
 
-    ``spearman_ceiling``: about the rank correlation a perfect predictor would reach against the
-    whole measurement, ``sqrt(2 r / (1 + r))`` for the halves' ``r`` (the Spearman-Brown
-    reliability of the whole, whose square root bounds its correlation with the networks' true
-    times; an approximation for rank correlations). None where ``r`` is None or not positive.
+    ``spearman_ceiling``: an estimate of the rank correlation a perfect predictor would reach
+    against the whole measurement, ``sqrt(2 r / (1 + r))`` for the halves' ``r`` (the
+    Spearman-Brown reliability of the whole; its square root is the whole's correlation with the
+    networks' true times). An approximation: it treats ranks like values and the halves as equal
+    (with an odd count of rounds they are not), and slow drift the interleaved halves share
+    counts as agreement, so on a drifting machine it reads high. None where ``r`` is None or not
+    positive.
     """
     if not rounds or min(len(r) for r in rounds) < 2:
         return None
@@ -189,6 +192,20 @@ def drift_of(now: list[float], refs: list[tuple[Arch, float]]) -> float | None:
     return float(np.median([n / then for n, (_, then) in zip(now, refs, strict=True)])) if refs else None
 
 
+def drift_against(timed: Sequence[tuple[Arch, float]], lut: LUT, space: Space) -> float | None:
+    """How much slower (> 1) the machine runs now than during ``lut``'s profile, read from networks
+    timed now (``timed``: each network and its time, ms) that are also ``lut``'s reference
+    networks (:func:`reference_nets`; a profile with the same seed has the same ones), each
+    matched by network, not by position. None when they share none."""
+    now, refs = [], []
+    for a, then in reference_nets(space, lut):
+        t = next((t for r, t in timed if r == a), None)
+        if t is not None:
+            now.append(t)
+            refs.append((a, then))
+    return drift_of(now, refs)
+
+
 def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
     err = (predicted / measured - 1) * 100
     e = np.abs(err)
@@ -227,16 +244,9 @@ class Fidelity:
 
     def drift_for(self, lut: LUT, space: Space) -> float | None:
         """The drift of another LUT of the same space since its profile, read from this
-        measurement's reference networks that are also ``lut``'s (:func:`reference_nets`; a second
-        profile with the same seed has the same ones), so that two LUTs are judged against one
-        measurement without timing anything again. None when they share none."""
-        now, refs = [], []
-        for a, then in reference_nets(space, lut):
-            t = next((t for r, t in self.references if r == a), None)
-            if t is not None:
-                now.append(t)
-                refs.append((a, then))
-        return drift_of(now, refs)
+        measurement's reference networks (:func:`drift_against`), so that two LUTs are judged
+        against one measurement without timing anything again."""
+        return drift_against(self.references, lut, space)
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)

@@ -130,9 +130,12 @@ def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, mo
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2")
     assert res.exit_code == 0 and "disagree with themselves by 12.5 %" in res.output, res.output
     assert "Spearman of a perfect LUT" in res.output and "about 0.8165" in res.output, res.output
-    monkeypatch.setattr(hwnas.measure, "repeatability", lambda rounds: {**noisy(rounds), "mean_diff_pct": 0.5})
+    # a quiet measurement is not flagged; halves with no positive rank agreement give no ceiling
+    quiet = {"mean_diff_pct": 0.5, "spearman": -0.2, "spearman_ceiling": None}
+    monkeypatch.setattr(hwnas.measure, "repeatability", lambda rounds: {**noisy(rounds), **quiet})
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "2")
     assert res.exit_code == 0 and "disagree with themselves" not in res.output, res.output
+    assert "Spearman of a perfect LUT" not in res.output, res.output
 
 
 @pytest.mark.parametrize("reading", ["p10", "median"])
