@@ -37,6 +37,10 @@ from hwnas.profiling.runner import Job
 from hwnas.space import load_space
 
 
+def _f4(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--space", default="darts")
@@ -64,14 +68,19 @@ def main() -> None:
         _, load_net = loaders(s)
         jobs = [Job(f"arch{i}", "model", (lambda x=x: load_net(x))) for i, x in enumerate(models)]
         runner.write_json_atomic(path, runner.time_job_rows(jobs, s.rounds, s.effective_timing))
-    by = runner.round_values(json.loads(path.read_text()), reading=s.reading)
+    rows = json.loads(path.read_text())
+    timed = ({r["name"] for r in rows}, 1 + max(int(r["round"]) for r in rows))
+    if timed != ({f"arch{i}" for i in range(len(models))}, a.rounds):
+        ap.error(f"{path} holds {len(timed[0])} networks in {timed[1]} rounds, not {len(models)} in {a.rounds}: "
+                 "name another --out")  # fmt: skip
+    by = runner.round_values(rows, reading=s.reading)
     rounds = [by[f"arch{i}"] for i in range(len(models))]
     now = dict(zip(refs, (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
     measured = [float(np.median(r)) for r in rounds[: a.nets]]
     rep = repeatability(rounds[: a.nets]) or {}
     print(f"{a.space} @ {a.input_size}, {a.nets} networks, {len(refs)} references ({calib} calibration networks), "
           f"{len(rounds[0])} rounds; validation self-diff {rep.get('mean_diff_pct', float('nan')):.2f} %, "
-          f"its halves' Spearman {rep.get('spearman') or float('nan'):.4f}\n")  # fmt: skip
+          f"its halves' Spearman {_f4(rep.get('spearman'))}\n")  # fmt: skip
     print(
         f"{'LUT':<48}{'drift from':>12}{'drift %':>9}{'MAPE %':>8}{'max %':>7}{'±5 %':>6}{'bias %':>8}{'Spearman':>9}"
     )

@@ -31,11 +31,17 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.lut import LUT
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, reference_nets, repeatability, settings_from_lut
+from hwnas.measure import (
+    VALIDATION_ROUNDS,
+    Fidelity,
+    drift_against,
+    reference_nets,
+    repeatability,
+    settings_from_lut,
+)
 from hwnas.profiling import runner
-from hwnas.profiling.profile import loaders
+from hwnas.profiling.profile import loaders, space_from_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings
-from hwnas.space import load_space
 
 
 class TimedFor:
@@ -61,53 +67,68 @@ def main() -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=[80.0, 320.0], help="ms per network per round")
     ap.add_argument("--nets", type=int, default=50, help="validation networks")
     ap.add_argument("--seed", type=int, default=1000, help="seed of the validation networks (as bench/fidelity.py)")
-    ap.add_argument("--rounds", type=int, default=VALIDATION_ROUNDS)
+    ap.add_argument("--rounds", type=int, default=VALIDATION_ROUNDS, help="rounds (2 or more: halves are compared)")
     ap.add_argument("--out", type=Path, default=Path("bench/out/vtiming"))
     a = ap.parse_args()
-    a.out.mkdir(parents=True, exist_ok=True)
+    if a.rounds < 2:
+        ap.error("--rounds must be 2 or more: the measurement's halves (even vs odd rounds) are compared")
+    names = [f"t{t:g}" for t in a.targets]
+    if len(set(names)) != len(names):
+        ap.error(f"--targets repeats a value: {' '.join(n[1:] for n in names)}")
     luts = [LUT.load(p) for p in a.luts]
-    first = luts[0]
-    m = first.meta
-    sp = load_space(m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"])).with_params(
-        in_channels=m.get("in_channels"), num_classes=m.get("num_classes")
-    )
-    refs = reference_nets(sp, first)
+    plans = {(lut.meta.get("seed"), lut.meta.get("calib_nets"), space_meta_key(lut)) for lut in luts}
+    if len(plans) != 1:
+        ap.error(f"the LUTs are of different spaces or drew different calibration networks: {sorted(map(str, plans))}")
+    sp = space_from_meta(luts[0].meta)
+    refs = [x for x, _ in reference_nets(sp, luts[0])]
     rng = random.Random(a.seed)
     archs = [sp.sample(rng) for _ in range(a.nets)]
-    models = archs + [x for x, _ in refs]
-    s = settings_from_lut(first, rounds=a.rounds)
+    models = archs + refs
+    plan = {"space": sp.name, "input_size": sp.input_size, "seed": a.seed, "nets": a.nets, "references": len(refs),
+            "rounds": a.rounds, "targets": a.targets}  # fmt: skip
+    a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "timings.json"
-    if not path.exists():
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in plan} != plan:
+            ap.error(f"{path} was timed for { ({k: saved.get(k) for k in plan}) }, not {plan}: name another --out")
+    else:
+        s = settings_from_lut(luts[0], rounds=a.rounds)
         _, load_net = loaders(s)
         jobs = [
-            Job(f"t{t:g}/{i}", "model", (lambda x=x, t=t: TimedFor(load_net(x), t)))
-            for t in a.targets
+            Job(f"{n}/{i}", "model", (lambda x=x, t=t: TimedFor(load_net(x), t)))
+            for n, t in zip(names, a.targets, strict=True)
             for i, x in enumerate(models)
         ]
-        rows = runner.time_job_rows(jobs, s.rounds, s.effective_timing)
-        runner.write_json_atomic(path, {"targets": a.targets, "nets": a.nets, "rows": rows})
-    saved = json.loads(path.read_text())
+        saved = {**plan, "rows": runner.time_job_rows(jobs, s.rounds, s.effective_timing)}
+        runner.write_json_atomic(path, saved)
     print(f"{sp.name} @ {sp.input_size}, {a.nets} networks + {len(refs)} references, {a.rounds} rounds, "
-          f"targets {saved['targets']} ms, all in the same rounds\n")  # fmt: skip
+          f"targets {a.targets} ms, all in the same rounds\n")  # fmt: skip
     head = f"{'reading':<8}{'ms':>6}{'self-diff %':>12}{'max %':>7}{'halves Sp':>10}{'ceiling':>8}"
     print(head + "".join(f"{'MAPE ' + str(k):>9}{'Sp ' + str(k):>9}" for k in range(len(luts))))
+    predicted = [[lut.predict(x).total_ms for x in archs] for lut in luts]
     for reading in ("p10", "median"):
         by = runner.round_values(saved["rows"], reading=reading)
-        for t in saved["targets"]:
-            rounds = [by[f"t{t:g}/{i}"] for i in range(len(models))]
+        for n, t in zip(names, a.targets, strict=True):
+            rounds = [by[f"{n}/{i}"] for i in range(len(models))]
             rep = repeatability(rounds[: a.nets]) or {}
             measured = [float(np.median(r)) for r in rounds[: a.nets]]
-            rho, ceiling = (rep.get(k) for k in ("spearman", "spearman_ceiling"))
             line = (f"{reading:<8}{t:>6g}{rep['mean_diff_pct']:>12.2f}{rep['max_diff_pct']:>7.1f}"
-                    f"{_f4(rho):>10}{_f4(ceiling):>8}")  # fmt: skip
-            now = tuple(zip((x for x, _ in refs), (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
-            for lut in luts:
-                predicted = [lut.predict(x).total_ms for x in archs]
-                drift = Fidelity([], [], None, None, references=now).drift_for(lut, sp)
-                c = Fidelity(predicted, measured, drift, None).summary()["corrected"]
-                line += f"{c['mape_pct']:>9.2f}{c['spearman']:>9.4f}"
+                    f"{_f4(rep.get('spearman')):>10}{_f4(rep.get('spearman_ceiling')):>8}")  # fmt: skip
+            now = list(zip(refs, (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
+            for lut, p in zip(luts, predicted, strict=True):
+                drift = drift_against(now, lut, sp)
+                c = Fidelity(p, measured, drift, None).summary().get("corrected")
+                line += f"{c['mape_pct']:>9.2f}{c['spearman']:>9.4f}" if c else f"{'n/a':>9}{'n/a':>9}"
             print(line)
     print("\nLUTs: " + ", ".join(f"{k} {p}" for k, p in enumerate(a.luts)))
+    print("MAPE and Sp: drift-corrected by each LUT's own reference networks timed here (n/a: none shared)")
+
+
+def space_meta_key(lut: LUT) -> tuple:
+    """What says which space, size and shape a LUT priced."""
+    m = lut.meta
+    return tuple(m.get(k) for k in ("space", "space_sha256", "input_size", "width_mult", "in_channels", "num_classes"))
 
 
 if __name__ == "__main__":
