@@ -799,6 +799,7 @@ def validate_lut(
     """
     from hwnas.lut import LUT, atomic_write, meta_path
     from hwnas.measure import VALIDATION_ROUNDS, device_note, fidelity, settings_from_lut
+    from hwnas.profiling.profile import space_from_meta
 
     if json_out:
         if json_out.resolve() in {lut.resolve(), meta_path(lut).resolve()}:
@@ -806,10 +807,7 @@ def validate_lut(
         check_out_path(json_out, force, "--json")  # before minutes of measuring
     table = LUT.load(lut)
     m = table.meta
-    sp = _load_space(
-        space or m.get("space_source") or m["space"], int(m["input_size"]), float(m["width_mult"]),
-        m.get("in_channels"), m.get("num_classes"),
-    )  # fmt: skip
+    sp = space_from_meta({**m, "space_source": space} if space else m)  # --space: the LUT's space, another file
     s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
     note = device_note(table, s)
     if note:

@@ -138,6 +138,20 @@ def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, mo
     assert "Spearman of a perfect LUT" not in res.output, res.output
 
 
+def test_validate_lut_space_option_names_the_space_file(tiny_lut_path: Path) -> None:
+    """--space loads the networks from another file of the LUT's space (here the shipped one, by
+    path); a space that does not exist is one line naming it, before anything is measured."""
+    from hwnas.space import SPACES_DIR
+
+    res = run(
+        "validate-lut", "--lut", tiny_lut_path, "--space", SPACES_DIR / "tiny.toml", "--nets", "3", "--rounds", "1"
+    )
+    assert res.exit_code == 0 and "MAPE" in res.output, res.output
+    res = run("validate-lut", "--lut", tiny_lut_path, "--space", "no_such_space", "--nets", "3", "--rounds", "1")
+    assert res.exit_code == 1 and "no_such_space" in res.output and "MAPE" not in res.output, res.output
+    assert "Traceback" not in res.output
+
+
 @pytest.mark.parametrize("reading", ["p10", "median"])
 def test_profile_reading_reaches_the_lut_and_its_measurements(
     reading: str, samples: Path, tmp_path: Path, fast_target: Path
