@@ -81,7 +81,7 @@ def main() -> None:
     val = validation(a.out, sp, a.nets, a.seed, load_net, s.effective_timing)
     measured, self_diff = val.read(s.reading)
     print(f"\n{a.space} @ {a.input_size}, {a.threads} thread(s), {a.nets} networks; validation self-diff "
-          f"{self_diff:.2f} %")  # fmt: skip
+          f"{self_diff:.2f} %, Spearman of a perfect LUT about {val.ceiling(s.reading):.4f}")  # fmt: skip
     print(f"{'calib':>5}{'rounds':>7}{'LUT':>4}{'MAPE %':>8}{'corr. MAPE %':>13}{'corr. max %':>12}{'corr. ±5%':>10}"
           f"{'Spearman':>9}{'fit MAPE %':>11}")  # fmt: skip
     probe_nets = {f"net:{n}": x for n, x in sp.probe_archs()}

@@ -214,7 +214,9 @@ def main() -> None:
                 time_profile(work, s, load_op, load_net, out, k)
         val = validation(out, sp, a.nets, a.seed, load_net, s.effective_timing)
         measured, self_diff = val.read(s.reading)
-        print(f"\n{out}: validation self-diff {self_diff:.2f} %")
+        print(
+            f"\n{out}: validation self-diff {self_diff:.2f} %, Spearman of a perfect LUT about {val.ceiling(s.reading):.4f}"
+        )
         for variant, roles in (("today", TODAY_ROLES), ("fused", fused_roles)):
             Plan.roles = roles  # type: ignore[method-assign]
             try:

@@ -36,10 +36,20 @@ class Validation:
     def read(self, reading: str) -> tuple[list[float], float]:
         """Each network's time (ms, the median over rounds of ``reading``, speed-corrected) and the
         random networks' self-diff (%, even vs odd rounds)."""
+        rounds = self._rounds(reading)
+        return [float(np.median(r)) for r in rounds], self._repeat(rounds).get("mean_diff_pct", float("nan"))
+
+    def ceiling(self, reading: str) -> float:
+        """The Spearman a perfect LUT would read against the random networks' times
+        (:func:`hwnas.measure.repeatability`'s ``spearman_ceiling``; nan where there is none)."""
+        return self._repeat(self._rounds(reading)).get("spearman_ceiling") or float("nan")
+
+    def _rounds(self, reading: str) -> list[list[float]]:
         by = runner.round_values(self.rows, reading=reading)
-        rounds = [by[f"arch{i}"] for i in range(len(self.archs) + len(self.space.probe_archs()))]
-        self_diff = (repeatability(rounds[: len(self.archs)]) or {}).get("mean_diff_pct", float("nan"))
-        return [float(np.median(r)) for r in rounds], self_diff
+        return [by[f"arch{i}"] for i in range(len(self.archs) + len(self.space.probe_archs()))]
+
+    def _repeat(self, rounds: list[list[float]]) -> dict[str, Any]:
+        return repeatability(rounds[: len(self.archs)]) or {}
 
     def figures(self, lut: LUT, measured: list[float]) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
         """``lut``'s predictions of the random networks, and its fidelity figures as
