@@ -28,6 +28,7 @@ import random
 from pathlib import Path
 
 import numpy as np
+from validation import f4
 
 from hwnas.lut import LUT
 from hwnas.measure import VALIDATION_ROUNDS, Fidelity, repeatability, settings_from_lut
@@ -35,10 +36,6 @@ from hwnas.profiling import runner
 from hwnas.profiling.profile import calibration_archs, loaders
 from hwnas.profiling.runner import Job
 from hwnas.space import load_space
-
-
-def _f4(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def main() -> None:
@@ -80,7 +77,7 @@ def main() -> None:
     rep = repeatability(rounds[: a.nets]) or {}
     print(f"{a.space} @ {a.input_size}, {a.nets} networks, {len(refs)} references ({calib} calibration networks), "
           f"{len(rounds[0])} rounds; validation self-diff {rep.get('mean_diff_pct', float('nan')):.2f} %, "
-          f"its halves' Spearman {_f4(rep.get('spearman'))}\n")  # fmt: skip
+          f"its halves' Spearman {f4(rep.get('spearman'))}\n")  # fmt: skip
     print(
         f"{'LUT':<48}{'drift from':>12}{'drift %':>9}{'MAPE %':>8}{'max %':>7}{'±5 %':>6}{'bias %':>8}{'Spearman':>9}"
     )

@@ -24,6 +24,11 @@ from hwnas.profiling.runner import Job, Timed, TimingSettings
 from hwnas.space import Space
 
 
+def f4(v: float | None) -> str:
+    """A rank figure as the benches print it: 4 decimals, ``n/a`` where there is none."""
+    return "n/a" if v is None else f"{v:.4f}"
+
+
 @dataclass(frozen=True)
 class Validation:
     """The validation's networks and its journal rows (the random networks first, ``arch0`` ...,

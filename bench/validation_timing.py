@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from validation import f4
 
 from hwnas.lut import LUT
 from hwnas.measure import (
@@ -40,7 +41,7 @@ from hwnas.measure import (
     settings_from_lut,
 )
 from hwnas.profiling import runner
-from hwnas.profiling.profile import loaders, space_from_meta
+from hwnas.profiling.profile import loaders, space_from_meta, space_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings
 
 
@@ -55,10 +56,6 @@ class TimedFor:
 
     def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
         raise NotImplementedError("timed whole only")
-
-
-def _f4(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.4f}"
 
 
 def main() -> None:
@@ -76,10 +73,12 @@ def main() -> None:
     if len(set(names)) != len(names):
         ap.error(f"--targets repeats a value: {' '.join(n[1:] for n in names)}")
     luts = [LUT.load(p) for p in a.luts]
-    plans = {(lut.meta.get("seed"), lut.meta.get("calib_nets"), space_meta_key(lut)) for lut in luts}
-    if len(plans) != 1:
-        ap.error(f"the LUTs are of different spaces or drew different calibration networks: {sorted(map(str, plans))}")
     sp = space_from_meta(luts[0].meta)
+    priced = space_meta(sp)  # what each LUT's metadata must say of the space it priced
+    others = [p for p, lut in zip(a.luts, luts, strict=True) if {k: lut.meta.get(k) for k in priced} != priced]
+    if others or len({(lut.meta.get("seed"), lut.meta.get("calib_nets")) for lut in luts}) != 1:
+        ap.error(f"the LUTs priced other spaces than {a.luts[0]} ({', '.join(map(str, others))}) or drew other "
+                 "calibration networks (seed, calib_nets)")  # fmt: skip
     refs = [x for x, _ in reference_nets(sp, luts[0])]
     rng = random.Random(a.seed)
     archs = [sp.sample(rng) for _ in range(a.nets)]
@@ -114,7 +113,7 @@ def main() -> None:
             rep = repeatability(rounds[: a.nets]) or {}
             measured = [float(np.median(r)) for r in rounds[: a.nets]]
             line = (f"{reading:<8}{t:>6g}{rep['mean_diff_pct']:>12.2f}{rep['max_diff_pct']:>7.1f}"
-                    f"{_f4(rep.get('spearman')):>10}{_f4(rep.get('spearman_ceiling')):>8}")  # fmt: skip
+                    f"{f4(rep.get('spearman')):>10}{f4(rep.get('spearman_ceiling')):>8}")  # fmt: skip
             now = list(zip(refs, (float(np.median(r)) for r in rounds[a.nets :]), strict=True))
             for lut, p in zip(luts, predicted, strict=True):
                 drift = drift_against(now, lut, sp)
@@ -123,12 +122,6 @@ def main() -> None:
             print(line)
     print("\nLUTs: " + ", ".join(f"{k} {p}" for k, p in enumerate(a.luts)))
     print("MAPE and Sp: drift-corrected by each LUT's own reference networks timed here (n/a: none shared)")
-
-
-def space_meta_key(lut: LUT) -> tuple:
-    """What says which space, size and shape a LUT priced."""
-    m = lut.meta
-    return tuple(m.get(k) for k in ("space", "space_sha256", "input_size", "width_mult", "in_channels", "num_classes"))
 
 
 if __name__ == "__main__":
