@@ -10,7 +10,8 @@ against this measurement), and the same figures as timed, without the correction
 machine's changing speed. With ``--repeat`` it builds
 a second, independent LUT, judges it against the same measurement (its drift read from the same
 reference networks) and prints how far the two predict the same networks apart, as they are and
-each brought to the validation's speed. Each network's figures go to ``<out>/<config>.validation.json``.
+each brought to the validation's speed. Each network's figures go to ``<out>/<config>.validation.json``,
+which ``hwnas validate-lut --also`` takes as an earlier measurement of the same networks.
 
     python bench/fidelity.py                        # proxyless@224 and darts@32, 1 and 2 threads
     python bench/fidelity.py --configs proxyless:224:1 --nets 50 --repeat
@@ -23,14 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, apart_pct, fidelity
+from hwnas.measure import (
+    VALIDATION_ROUNDS,
+    Fidelity,
+    apart_pct,
+    archs_sha256,
+    fidelity,
+    measurement_target,
+    validation_archs,
+)
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.space import load_space
 
@@ -64,8 +72,12 @@ def main() -> None:
         f = fidelity(sp, lut, a.nets, a.seed, replace(s, rounds=a.measure_rounds))
         r = f.summary()
         r.update(config=cfg, profile_seconds=round(secs, 1), keys=len(lut.table))
-        # each network's figures, for re-reading later without timing again (seed: the networks)
-        nets = {"seed": a.seed, "predicted_ms": f.predicted, "measured_ms": f.measured,
+        # each network's figures, for re-reading later without timing again, and for `hwnas
+        # validate-lut --also` (archs_sha256 and target: which networks, measured how)
+        archs = validation_archs(sp, a.nets, a.seed)
+        nets = {"seed": a.seed, "archs_sha256": archs_sha256(archs),
+                "target": measurement_target(replace(s, rounds=a.measure_rounds)),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "predicted_ms": f.predicted, "measured_ms": f.measured,
                 "measured_as_timed_ms": f.measured_as_timed, "references_ms": [t for _, t in f.references]}  # fmt: skip
         path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:
@@ -73,8 +85,6 @@ def main() -> None:
             for p in (path2, path2.with_name(path2.stem + ".meta.json")):
                 p.unlink(missing_ok=True)
             lut2 = profile(sp, s, path2)
-            rng = random.Random(a.seed)
-            archs = [sp.sample(rng) for _ in range(a.nets)]
             p1 = np.array(f.predicted)
             p2 = np.array([lut2.predict(x).total_ms for x in archs])
             mean, most = apart_pct(p2, p1)

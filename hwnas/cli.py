@@ -7,6 +7,7 @@ import functools
 import json
 import random
 import re
+import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -792,14 +793,31 @@ def validate_lut(
         Path | None, typer.Option("--json", help="Also write the report and per-net figures as JSON here.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --json file.")] = False,
+    also: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--also",
+            help="An earlier --json report of the same networks (same space, size, --seed, --nets), from another "
+            "occasion: also judge the LUT against all measurements combined. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Fidelity report: N random networks, measured end to end vs predicted by the LUT.
 
     Example: hwnas validate-lut --lut latency_tables/cpu-onnxruntime-t1__proxyless-224.csv --nets 50
     """
     from hwnas.lut import LUT, atomic_write, meta_path
-    from hwnas.measure import VALIDATION_ROUNDS, device_note, fidelity, settings_from_lut
-    from hwnas.profiling.profile import space_from_meta
+    from hwnas.measure import (
+        VALIDATION_ROUNDS,
+        archs_sha256,
+        device_note,
+        earlier_measurement,
+        fidelity,
+        measurement_target,
+        settings_from_lut,
+        validation_archs,
+    )
+    from hwnas.profiling.profile import space_from_meta, space_meta
 
     if json_out:
         if json_out.resolve() in {lut.resolve(), meta_path(lut).resolve()}:
@@ -809,12 +827,16 @@ def validate_lut(
     m = table.meta
     sp = space_from_meta({**m, "space_source": space} if space else m)  # --space: the LUT's space, another file
     s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
+    digest = archs_sha256(validation_archs(sp, nets, seed))
+    target = measurement_target(s)
+    earlier = [earlier_measurement(p, digest, seed, nets, target) for p in also or []]  # before minutes of measuring
     note = device_note(table, s)
     if note:
         err.print(note, highlight=False)
     with progress_bar(f"measure {nets} nets") as update:
         f = fidelity(sp, table, nets, seed, s, update)
     r = f.summary()
+    combined = f.against(earlier) if earlier else None
     t = Table(title=f"LUT fidelity: {table.describe()}")
     t.add_column("figure")
     t.add_column("raw", justify="right")
@@ -857,6 +879,22 @@ def validate_lut(
     for row in rows:
         t.add_row(*row)
     out.print(t)
+    if combined:
+        ag = combined["agreement"]
+        k = ag["measurements"]
+        c2 = combined.get("corrected", {})
+        t2 = Table(title=f"against {k} measurements combined (this one, --also)")
+        t2.add_column("figure")
+        t2.add_column("raw", justify="right")
+        t2.add_column("drift-corrected", justify="right")
+        for name, key, fmt in (
+            ("MAPE", "mape_pct", pct), ("max |error|", "max_error_pct", pct), ("within ±5%", "within_5pct", share),
+            ("within ±10%", "within_10pct", share), ("Spearman", "spearman", corr), ("Kendall", "kendall", corr),
+        ):  # fmt: skip
+            t2.add_row(name, fmt(combined[key]), fmt(c2[key]) if key in c2 else "n/a")
+        t2.add_row("measurements vs each other", f"Spearman {ag['spearman_min']:.4f}-{ag['spearman_max']:.4f}", "")
+        t2.add_row("perfect LUT: one / all", f"about {ag['ceiling_one']:.4f} / {ag['ceiling_combined']:.4f}", "")
+        out.print(t2)
     if rep and rep["mean_diff_pct"] >= 2.0:
         err.print(
             f"note: the measurements disagree with themselves by {rep['mean_diff_pct']:.1f} % on average (even vs "
@@ -881,7 +919,12 @@ def validate_lut(
             "lut": str(lut),
             "lut_sha256": table.sha256,  # what hwnas report matches against the run's LUT
             "seed": seed,
+            "space": space_meta(sp),
+            "archs_sha256": digest,  # which networks, and under what: what --also matches a later report against
+            "target": target,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **r,
+            **({"combined": {**combined, "also": [str(p) for p in also or []]}} if combined else {}),
             "predicted_ms": f.predicted,
             "measured_ms": f.measured,
         }

@@ -9,6 +9,8 @@ timed whole (:func:`reference_nets`) to read the machine's drift since the profi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -248,6 +250,18 @@ class Fidelity:
         against one measurement without timing anything again."""
         return drift_against(self.references, lut, space)
 
+    def against(self, earlier: Sequence[Sequence[float]]) -> dict[str, Any]:
+        """The figures against this measurement combined with ``earlier`` measurements of the same
+        networks (:func:`combine`, at this one's level), with how all of them agree in rank
+        (``agreement``, :func:`agreement`). ``corrected``: the predictions scaled by this
+        measurement's drift, as in :meth:`summary`."""
+        ms = [self.measured, *earlier]
+        p, m = np.array(self.predicted), np.array(combine(ms))
+        out: dict[str, Any] = {"agreement": agreement(ms), **_stats(p, m)}
+        if self.drift is not None:
+            out["corrected"] = _stats(p * self.drift, m)
+        return out
+
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)
         out: dict[str, Any] = {"nets": len(m), **_stats(p, m)}
@@ -297,6 +311,113 @@ def _predicts_as_recorded(lut: LUT, arch: Arch, recorded_ms: Any) -> bool:
         return False
 
 
+def validation_archs(space: Space, n: int, seed: int) -> list[Arch]:
+    """The ``n`` random networks a fidelity report of ``space`` with ``seed`` measures."""
+    rng = random.Random(seed)
+    return [space.sample(rng) for _ in range(n)]
+
+
+def archs_sha256(archs: Sequence[Arch]) -> str:
+    """One hash of networks in order (their plain JSON): which networks a report measured, so that
+    measurements of the same networks on other occasions can be recognised and combined."""
+    h = hashlib.sha256()
+    for a in archs:
+        h.update(a.to_json().encode())
+    return h.hexdigest()
+
+
+def combine(measurements: Sequence[Sequence[float]]) -> list[float]:
+    """Several measurements of the same networks as one (ms, at the first one's level).
+
+    Each later measurement is brought to the first one's level by the median over the networks
+    of ``first / it`` (the machine's speed differs between occasions), then each network's
+    figure is the geometric mean of its figures. On a shared machine a measurement is only
+    reproducible across occasions to a degree (4 December 2026: four validations of the same 50
+    DARTS @ 32 networks, taken hours apart, agreed at Spearman 0.988-0.992 pairwise, while each
+    one's interleaved halves put its ceiling at 0.994-0.998), so a rank figure judged against
+    one occasion carries that occasion's own error; their combination carries less.
+    """
+    first = np.asarray(measurements[0], dtype=float)
+    logs = [np.log(first)]
+    for m in measurements[1:]:
+        x = np.asarray(m, dtype=float)
+        logs.append(np.log(x) + float(np.median(np.log(first / x))))
+    return [float(v) for v in np.exp(np.mean(logs, axis=0))]
+
+
+def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, float | int]:
+    """How well ``K >= 2`` measurements of the same networks agree in rank with each other.
+
+    ``spearman_min`` / ``spearman_mean`` / ``spearman_max``: over the pairs. Measurements taken
+    on different occasions do not share an occasion's drift, unlike the interleaved halves of one
+    (:func:`repeatability`), so this is the honest figure of how reproducible a rank is on the
+    machine. ``ceiling_one``: about the Spearman a perfect predictor would read against one
+    measurement (``sqrt(r)`` for the mean pairwise ``r``); ``ceiling_combined``: against
+    their :func:`combine` (``sqrt(K r / (1 + (K - 1) r))``, Spearman-Brown). Approximations, as
+    :func:`repeatability`'s; 0 where ``r`` is not positive.
+    """
+    k = len(measurements)
+    if k < 2:
+        raise ValueError("agreement needs two or more measurements")
+    rs = [float(stats.spearmanr(measurements[i], measurements[j]).statistic) for i in range(k) for j in range(i + 1, k)]
+    r = float(np.mean(rs))
+    return {
+        "measurements": k,
+        "spearman_min": min(rs), "spearman_mean": r, "spearman_max": max(rs),
+        "ceiling_one": math.sqrt(r) if r > 0 else 0.0,
+        "ceiling_combined": math.sqrt(k * r / (1 + (k - 1) * r)) if r > 0 else 0.0,
+    }  # fmt: skip
+
+
+def measurement_target(s: ProfileSettings) -> dict[str, Any]:
+    """What a measurement's figures depend on besides the networks: backend, device, threads,
+    batch and reading. Recorded in a report, so that only like measurements are combined."""
+    return {"backend": s.backend, "device": s.device, "threads": s.threads, "batch": s.batch, "reading": s.reading}
+
+
+def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict[str, Any]) -> list[float]:
+    """The per-network times (ms) of an earlier report of the same networks: a ``validate-lut
+    --json`` file (or ``bench/fidelity.py``'s ``*.validation.json``) whose ``archs_sha256`` is
+    ``digest`` and whose ``target`` (:func:`measurement_target`) is ``target``. Raises
+    :class:`HwnasError` with one line naming the problem and the fix."""
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise HwnasError(
+            f"--also {path}: cannot read it ({e.strerror or e}); name a validate-lut --json report"
+        ) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise HwnasError(f"--also {path}: not JSON ({e}); name a validate-lut --json report") from None
+    if not isinstance(doc, dict) or "measured_ms" not in doc:
+        raise HwnasError(f"--also {path}: not a validate-lut --json report (no measured_ms); name one")
+    if "archs_sha256" not in doc:
+        raise HwnasError(
+            f"--also {path}: it does not say which networks it measured (no archs_sha256: written by an older "
+            "hwnas); measure again with validate-lut --json"
+        )
+    if doc["archs_sha256"] != digest:
+        raise HwnasError(
+            f"--also {path} measured other networks than these {n} of seed {seed} (its seed {doc.get('seed')!r}, "
+            f"{len(doc['measured_ms']) if isinstance(doc['measured_ms'], list) else '?'} networks); give --seed and "
+            "--nets as it had, and the same space and input size"
+        )
+    there = doc.get("target")
+    if there != target:
+        diff = (
+            ", ".join(f"{k} {there.get(k)!r} not {v!r}" for k, v in target.items() if there.get(k) != v)
+            if isinstance(there, dict)
+            else "none recorded"
+        )
+        raise HwnasError(
+            f"--also {path} was measured under other settings ({diff}); combine only measurements of the same "
+            "backend, device, threads, batch and reading"
+        )
+    ms = doc["measured_ms"]
+    if not (isinstance(ms, list) and len(ms) == n and all(is_number(v) and v > 0 for v in ms)):
+        raise HwnasError(f"--also {path}: measured_ms is not {n} positive numbers; the file is damaged, measure again")
+    return [float(v) for v in ms]
+
+
 def fidelity(
     space: Space, lut: LUT, n: int, seed: int, s: ProfileSettings, progress: Progress | None = None
 ) -> Fidelity:
@@ -309,8 +430,7 @@ def fidelity(
     """
     if n < 3:
         raise HwnasError(f"--nets must be at least 3 for rank correlations, got {n}")
-    rng = random.Random(seed)
-    archs = [space.sample(rng) for _ in range(n)]
+    archs = validation_archs(space, n, seed)
     predicted = [lut.predict(a).total_ms for a in archs]  # fails before measuring if keys are missing
     refs = reference_nets(space, lut)
     rounds, timed = measure_rounds_both(archs + [a for a, _ in refs], s, progress)

@@ -120,6 +120,31 @@ def test_validate_lut_prints_the_figures(tiny_lut_path: Path, tmp_path: Path) ->
     assert res.exit_code == 2 and "is the LUT itself" in res.output and tiny_lut_path.read_bytes() == lut_bytes
 
 
+def test_validate_lut_judges_against_earlier_measurements_of_the_same_networks(
+    tiny_lut_path: Path, tmp_path: Path
+) -> None:
+    """``--also``: a report of the same networks from an earlier run is combined with this one and
+    the figures printed against both; a report of other networks is refused before anything is
+    measured, and no report is written."""
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--json", first)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(first.read_text())
+    assert doc["target"]["threads"] == 1 and len(doc["archs_sha256"]) == 64 and doc["space"]["space"] == "tiny"
+    assert "combined" not in doc and "measurements combined" not in res.output
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--also", first, "--json", second)
+    assert res.exit_code == 0, res.output
+    assert "against 2 measurements combined" in res.output and "vs each other" in res.output, res.output
+    both = json.loads(second.read_text())["combined"]
+    assert both["agreement"]["measurements"] == 2 and both["also"] == [str(first)]
+    assert 0 <= both["mape_pct"] and -1 <= both["spearman"] <= 1
+    second.unlink()
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--seed", "7", "--also", first, "--json", second)
+    line = one_line_error(res)
+    assert "measured other networks" in line and "--seed" in line and "MAPE" not in res.output
+    assert not second.exists()
+
+
 def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hwnas.measure
 

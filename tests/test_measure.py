@@ -3,6 +3,7 @@ of the networks through the speed correction."""
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -11,8 +12,19 @@ import pytest
 from conftest import fast_settings
 from scipy import stats
 
+from hwnas.errors import HwnasError
 from hwnas.lut import LUT
-from hwnas.measure import reference_nets, repeatability, settings_from_lut
+from hwnas.measure import (
+    agreement,
+    archs_sha256,
+    combine,
+    earlier_measurement,
+    measurement_target,
+    reference_nets,
+    repeatability,
+    settings_from_lut,
+    validation_archs,
+)
 from hwnas.space import load_space
 
 
@@ -43,6 +55,62 @@ def test_the_rank_ceiling_is_what_a_perfect_predictor_reads(noise: float) -> Non
     perfect = float(stats.spearmanr(true, np.median(rounds, axis=1)).statistic)
     assert r["spearman_ceiling"] == pytest.approx(perfect, abs=0.01)
     assert r["spearman_ceiling"] > r["spearman"]
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_occasions_combined_and_their_ceilings(k: int) -> None:
+    """300 networks with known true times, measured on ``k`` occasions that each run at their own
+    speed (up to 20 % apart) and add their own 3 % noise per network: the combination comes back
+    at the first occasion's level, its error is about ``1 / sqrt(k)`` of one occasion's, and
+    the ceilings read from the occasions' agreement alone are what the true times read against
+    one occasion and against the combination, within 0.01."""
+    rng = np.random.default_rng(1)
+    true = np.exp(rng.uniform(0.0, 0.5, 300))
+    speeds = [1.0, 1.2, 0.9, 1.1][:k]
+    occasions = [(true * v * np.exp(rng.normal(0.0, 0.03, 300))).tolist() for v in speeds]
+    both = np.array(combine(occasions))
+    assert np.median(both / occasions[0]) == pytest.approx(1.0, abs=0.01)  # the first one's level
+    err = np.std(np.log(both / true))
+    assert err == pytest.approx(0.03 / np.sqrt(k), rel=0.15)
+    ag = agreement(occasions)
+    assert ag["measurements"] == k and ag["spearman_min"] <= ag["spearman_mean"] <= ag["spearman_max"]
+    one = np.mean([stats.spearmanr(true, o).statistic for o in occasions])
+    assert ag["ceiling_one"] == pytest.approx(one, abs=0.01)
+    assert ag["ceiling_combined"] == pytest.approx(stats.spearmanr(true, both).statistic, abs=0.01)
+    assert ag["ceiling_combined"] > ag["ceiling_one"]
+
+
+def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_path: Path) -> None:
+    """``validate-lut --also``: a report of other networks, under other settings, without the
+    record of which networks, damaged or not JSON is refused with one line naming the fix."""
+    space = load_space("tiny")
+    digest = archs_sha256(validation_archs(space, 3, 1000))
+    target = measurement_target(fast_settings())
+    good = {"archs_sha256": digest, "target": target, "seed": 1000, "measured_ms": [1.0, 2.0, 3.0]}
+
+    def read(doc: object) -> list[float]:
+        path = tmp_path / "earlier.json"
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        return earlier_measurement(path, digest, 1000, 3, target)
+
+    assert read(good) == [1.0, 2.0, 3.0]
+    assert archs_sha256(validation_archs(space, 3, 1001)) != digest  # another seed: other networks
+    cases = {
+        "not JSON": ("{", "not JSON"),
+        "no times": ({"seed": 1000}, "no measured_ms"),
+        "older": ({k: v for k, v in good.items() if k != "archs_sha256"}, "measure again with validate-lut --json"),
+        "other nets": ({**good, "archs_sha256": "0" * 64}, "give --seed and --nets as it had"),
+        "other threads": ({**good, "target": {**target, "threads": 2}}, "threads 2 not 1"),
+        "no settings": ({k: v for k, v in good.items() if k != "target"}, "none recorded"),
+        "damaged": ({**good, "measured_ms": [1.0, "x", 3.0]}, "is not 3 positive numbers"),
+        "short": ({**good, "measured_ms": [1.0, 2.0]}, "is not 3 positive numbers"),
+    }
+    for case, (doc, says) in cases.items():
+        with pytest.raises(HwnasError, match="--also") as e:
+            read(doc)
+        assert says in str(e.value) and "\n" not in str(e.value), case
+    with pytest.raises(HwnasError, match="cannot read it"):
+        earlier_measurement(tmp_path / "missing.json", digest, 1000, 3, target)
 
 
 def test_repeatability_needs_two_rounds() -> None:
