@@ -320,6 +320,13 @@ def profile(
             if model.get("kernel_ms")
             else ""
         )
+        + (
+            f"; each block priced {model['isolated_share'] * 100:.0f} % by its time alone, "
+            f"{(1 - model['isolated_share']) * 100:.0f} % by its time in the networks (that predicted the "
+            "profile's networks better when each was left out of the fit)"
+            if model.get("isolated_share")
+            else ""
+        )
     )
     spread = lut.meta.get("round_spread") or {}
     if spread.get("sd_pct") is not None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import fast_settings
@@ -405,7 +406,8 @@ def _journal(work, true_ms: dict[str, float], kernels: dict[str, int], kernel_ms
             **extra,
         }
 
-    rows = [row(n, true_ms[c.key] * 1.3) for n, c in work.ops.items()]  # alone: warmer caches, off
+    off = random.Random(0)  # alone: warmer caches, and off by its own share per key (no exact predictor)
+    rows = [row(n, true_ms[c.key] * 1.3 * off.uniform(0.8, 1.2)) for n, c in work.ops.items()]
     for name, arch in work.nets.items():
         total = 0.05
         for i, node in enumerate(arch.plan.nodes):
@@ -435,12 +437,68 @@ def test_the_lut_removes_what_the_node_profiler_adds_per_kernel(space: str) -> N
     assert set(lut.table["kernels"]) == set(kernels.values())
     assert max(abs(n["error_pct"]) for n in model["nets"]) < 0.1
 
+    assert model["isolated_share"] == 0.0 and model["fit_choice"]["chosen"] == "in_network"  # exact already
+
     plain = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.002, False), {})
-    assert plain.meta["model"]["kernel_ms"] == 0.0
-    assert list(plain.table["latency_ms"]) == list(plain.table["profiled_ms"])
+    assert plain.meta["model"]["kernel_ms"] == 0.0  # nothing removed: the prices are the blocks' readings
+    t = plain.meta["model"]["isolated_share"]
+    blend = (1 - t) * plain.table["profiled_ms"] + t * plain.table["isolated_ms"]
+    assert list(plain.table["latency_ms"]) == pytest.approx(list(blend), rel=1e-12)
 
     honest = assemble(space_meta(sp), s, work, _journal(work, true_ms, kernels, 0.0, True), {})
     assert honest.meta["model"]["kernel_ms"] < 1e-6  # nothing added: nothing removed
+
+
+def _nets_of(rng: np.random.Generator, n: int, blocks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` made-up networks of ``blocks`` blocks: each block's in-network price and its time
+    alone (which tells what the in-network price misses, and is off by its own 5 %)."""
+    inner = rng.uniform(0.003, 0.05, (n, blocks))
+    missed = rng.uniform(0.0, 0.01, (n, blocks))  # work the node profiler does not see
+    alone = (inner + 2 * missed) * rng.uniform(0.95, 1.05, (n, blocks))
+    return inner, missed, alone
+
+
+def test_the_whole_net_model_blends_in_the_blocks_times_alone_only_where_that_predicts_better() -> None:
+    """Networks whose whole time holds work the in-network times miss and the times alone carry:
+    the blend is chosen (its leave-one-out error is lower) and predicts them within 1.5 %, where
+    the in-network sum alone misses by more. Where the in-network sum is the whole story, it
+    stays alone (share 0), its scale and overhead as :func:`fit_model` finds them."""
+    from hwnas.profiling.profile import fit_model, fit_whole
+
+    rng = np.random.default_rng(3)
+    inner, missed, alone = _nets_of(rng, 15, rng.integers(20, 60))
+    xs, xi = inner.sum(1), alone.sum(1)
+    ys = (inner + missed).sum(1) + 0.05
+    fit = fit_whole(xs, xi, ys, lambda t: None)
+    assert fit["choice"]["chosen"] == "with_isolated" and 0.1 < fit["isolated_share"] < 0.9
+    t = fit["isolated_share"]
+    pred = fit["scale"] * ((1 - t) * xs + t * xi) + fit["overhead_ms"]
+    one = fit_model(xs, ys)
+    assert np.abs(pred / ys - 1).max() < 0.015 < np.abs((one[0] * xs + one[1]) / ys - 1).max()
+    c = fit["choice"]
+    assert c["with_isolated_loo_mape_pct"] < c["in_network_loo_mape_pct"]
+
+    exact = 1.1 * xs + 0.05  # the in-network sum explains every network
+    fit = fit_whole(xs, xi, exact, lambda t: None)
+    assert fit["isolated_share"] == 0.0 and fit["choice"]["chosen"] == "in_network"
+    assert (fit["scale"], fit["overhead_ms"]) == pytest.approx(fit_model(xs, exact), rel=1e-9)
+    few = fit_whole(xs[:5], xi[:5], ys[:5], lambda t: None)  # too few networks to judge by leaving one out
+    assert few["isolated_share"] == 0.0 and few["choice"]["in_network_loo_mape_pct"] is None
+
+
+def test_the_blend_is_refused_where_its_overhead_would_predict_the_fastest_network_at_nothing() -> None:
+    """A blend whose negative overhead takes more than half of the space's fastest network (its
+    block sum given by ``floor``) is not kept: the in-network model is."""
+    from hwnas.profiling.profile import fit_whole
+
+    rng = np.random.default_rng(4)
+    inner, missed, alone = _nets_of(rng, 15, 40)
+    xs, xi = inner.sum(1), alone.sum(1)
+    ys = (inner + missed).sum(1) - 0.2  # a large negative overhead
+    kept = fit_whole(xs, xi, ys, lambda t: None)
+    assert kept["choice"]["chosen"] == "with_isolated" and kept["overhead_ms"] < 0
+    refused = fit_whole(xs, xi, ys, lambda t: 0.1)  # a fastest network of 0.1 ms worth of blocks
+    assert refused["isolated_share"] == 0.0 and refused["choice"]["chosen"] == "in_network"
 
 
 def test_each_round_times_the_jobs_in_its_own_seeded_order(tmp_path: Path) -> None:
