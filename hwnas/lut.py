@@ -6,12 +6,15 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
 ``key, op, params, input``
     the op call (the key is the only field read back; the others are for people and pandas)
 ``latency_ms``
-    the block's time *inside a network* on the target (median over the probe networks that
-    contain it and over rounds of each round's reading, ``meta["reading"]``: the 10th
-    percentile of the round's runs, or their median) — what prediction sums
+    the block's price, what prediction sums: its time *inside a network* on the target (median
+    over the probe networks that contain it and over rounds of each round's reading,
+    ``meta["reading"]``: the 10th percentile of the round's runs, or their median), less what the
+    node profiler adds per kernel (``meta["model"]["kernel_ms"]``), blended with
+    ``isolated_ms`` by ``meta["model"]["isolated_share"]`` where the profile's fit chose that
+    (:func:`hwnas.profiling.profile.fit_whole`; 0 in LUTs written before it)
 ``isolated_ms, isolated_p10_ms, isolated_p90_ms``
     the block timed alone in a loop (its reading as above; the median over rounds of each
-    round's 10th and 90th percentile), for reference
+    round's 10th and 90th percentile)
 ``context_n``
     how many (network, position) samples ``latency_ms`` is the median of
 ``shared_ms, shared_profiled_ms, shared_kernels, shared_n``
