@@ -39,6 +39,7 @@ from hwnas.measure import (
     measurement_target,
     validation_archs,
 )
+from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.space import load_space
 
@@ -77,7 +78,7 @@ def main() -> None:
         archs = validation_archs(sp, a.nets, a.seed)
         nets = {"seed": a.seed, "archs_sha256": archs_sha256(archs),
                 "target": measurement_target(replace(s, rounds=a.measure_rounds)),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "predicted_ms": f.predicted, "measured_ms": f.measured,
+                "date": runner.local_time(), "predicted_ms": f.predicted, "measured_ms": f.measured,
                 "measured_as_timed_ms": f.measured_as_timed, "references_ms": [t for _, t in f.references]}  # fmt: skip
         path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:

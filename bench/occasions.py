@@ -64,6 +64,11 @@ def main() -> None:
     archs = validation_archs(sp, a.nets, a.seed)
     luts = {p: LUT.load(p) for p in a.luts}
     target = measurement_target(settings_from_lut(next(iter(luts.values()))))
+    for p, lut in luts.items():  # every LUT of this space and size, for the reports' settings
+        there = (lut.meta.get("space"), lut.meta.get("input_size"), measurement_target(settings_from_lut(lut)))
+        if there != (a.space, a.input_size, target):
+            ap.error(f"{p} is a LUT of {there[0]} @ {there[1]} under {there[2]}, not of {a.space} @ {a.input_size} "
+                     f"under {target} like the first LUT")  # fmt: skip
     try:
         reports = {p: earlier_measurement(p, archs_sha256(archs), a.seed, a.nets, target) for p in a.reports}
     except HwnasError as e:

@@ -7,7 +7,6 @@ import functools
 import json
 import random
 import re
-import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -825,6 +824,7 @@ def validate_lut(
         validation_archs,
     )
     from hwnas.profiling.profile import space_from_meta, space_meta
+    from hwnas.profiling.runner import local_time
 
     if json_out:
         if json_out.resolve() in {lut.resolve(), meta_path(lut).resolve()}:
@@ -836,6 +836,13 @@ def validate_lut(
     s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
     digest = archs_sha256(validation_archs(sp, nets, seed))
     target = measurement_target(s)
+    seen: set[Path] = set()
+    for p in also or []:
+        if p.resolve() in seen:
+            raise UsageError(f"--also {p} is given twice; each earlier measurement counts once")
+        if json_out and p.resolve() == json_out.resolve():
+            raise UsageError(f"--also {p} is also the --json report; name another file for the report")
+        seen.add(p.resolve())
     earlier = [earlier_measurement(p, digest, seed, nets, target) for p in also or []]  # before minutes of measuring
     note = device_note(table, s)
     if note:
@@ -848,20 +855,22 @@ def validate_lut(
     t.add_column("figure")
     t.add_column("raw", justify="right")
     t.add_column("drift-corrected", justify="right")
-    c = r.get("corrected", {})
-
-    def both(key: str, fmt: Callable[[float], str]) -> tuple[str, str]:
-        return fmt(r[key]), fmt(c[key]) if key in c else "n/a"
-
     pct = "{:.2f} %".format
     share = lambda v: f"{v * 100:.0f} %"  # noqa: E731
     corr = "{:.4f}".format
+    figures = (
+        ("MAPE", "mape_pct", pct), ("max |error|", "max_error_pct", pct), ("within ±5%", "within_5pct", share),
+        ("within ±10%", "within_10pct", share), ("Spearman", "spearman", corr), ("Kendall", "kendall", corr),
+        ("mean bias", "bias_pct", "{:+.2f} %".format),
+    )  # fmt: skip
+
+    def figure_rows(fig: dict[str, Any]) -> list[tuple[str, str, str]]:  # raw, and drift-corrected where known
+        c = fig.get("corrected", {})
+        return [(name, fmt(fig[key]), fmt(c[key]) if key in c else "n/a") for name, key, fmt in figures if key in fig]
+
     rows = [
         ("networks", f"{r['nets']}", ""),
-        ("MAPE", *both("mape_pct", pct)), ("max |error|", *both("max_error_pct", pct)),
-        ("within ±5%", *both("within_5pct", share)), ("within ±10%", *both("within_10pct", share)),
-        ("Spearman", *both("spearman", corr)), ("Kendall", *both("kendall", corr)),
-        ("mean bias", *both("bias_pct", "{:+.2f} %".format)),
+        *figure_rows(r),
         ("machine drift since profile", f"{(r['drift'] - 1) * 100:+.2f} %" if r.get("drift") else "n/a", ""),
         ("measured range", f"{r['measured_range_ms'][0]:.3f} - {r['measured_range_ms'][1]:.3f} ms", ""),
         ("profile time", f"{r['profile_seconds']:.1f} s" if r["profile_seconds"] is not None else "n/a", ""),
@@ -889,18 +898,15 @@ def validate_lut(
     if combined:
         ag = combined["agreement"]
         k = ag["measurements"]
-        c2 = combined.get("corrected", {})
         t2 = Table(title=f"against {k} measurements combined (this one, --also)")
         t2.add_column("figure")
         t2.add_column("raw", justify="right")
         t2.add_column("drift-corrected", justify="right")
-        for name, key, fmt in (
-            ("MAPE", "mape_pct", pct), ("max |error|", "max_error_pct", pct), ("within ±5%", "within_5pct", share),
-            ("within ±10%", "within_10pct", share), ("Spearman", "spearman", corr), ("Kendall", "kendall", corr),
-        ):  # fmt: skip
-            t2.add_row(name, fmt(combined[key]), fmt(c2[key]) if key in c2 else "n/a")
+        for row in figure_rows(combined):
+            t2.add_row(*row)
+        ceil = " / ".join("n/a" if v is None else f"{v:.4f}" for v in (ag["ceiling_one"], ag["ceiling_combined"]))
         t2.add_row("measurements vs each other", f"Spearman {ag['spearman_min']:.4f}-{ag['spearman_max']:.4f}", "")
-        t2.add_row("perfect LUT: one / all", f"about {ag['ceiling_one']:.4f} / {ag['ceiling_combined']:.4f}", "")
+        t2.add_row("perfect LUT: one / all", f"about {ceil}", "")
         out.print(t2)
     if rep and rep["mean_diff_pct"] >= 2.0:
         err.print(
@@ -929,7 +935,7 @@ def validate_lut(
             "space": space_meta(sp),
             "archs_sha256": digest,  # which networks, and under what: what --also matches a later report against
             "target": target,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "date": local_time(),
             **r,
             **({"combined": {**combined, "also": [str(p) for p in also or []]}} if combined else {}),
             "predicted_ms": f.predicted,

@@ -20,7 +20,8 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
 ``shared_ms, shared_profiled_ms, shared_kernels, shared_n``
     for a key priced by its role (:func:`hwnas.arch.role_priced`), its figures where ONNX Runtime
     runs part or all of its work inside another node's kernel (the "shared" role of
-    :meth:`hwnas.arch.Plan.roles`, which lists the cases);
+    :meth:`hwnas.arch.Plan.roles`, which lists the cases; ``shared_ms`` blended with
+    ``isolated_ms`` as ``latency_ms`` is);
     ``latency_ms`` etc. are then the key's figures where it runs on its own. Empty for other keys
     and where the profile saw only one role.
 

@@ -136,8 +136,15 @@ def repeatability(rounds: list[list[float]]) -> dict[str, float | None] | None:
     rho: float | None = None
     if len(a) >= 3 and np.ptp(a) > 0 and np.ptp(b) > 0:
         rho = float(stats.spearmanr(a, b).statistic)
-    ceiling = math.sqrt(2 * rho / (1 + rho)) if rho is not None and rho > 0 else None
+    ceiling = rank_ceiling(rho, 2) if rho is not None else None
     return {"mean_diff_pct": mean, "max_diff_pct": most, "spearman": rho, "spearman_ceiling": ceiling}
+
+
+def rank_ceiling(r: float, k: int) -> float | None:
+    """About the rank correlation a perfect predictor would read against the combination of ``k``
+    measurements that agree pairwise at ``r``: the square root of their Spearman-Brown reliability
+    ``k r / (1 + (k - 1) r)`` (its correlation with the true times). None where ``r <= 0``."""
+    return math.sqrt(k * r / (1 + (k - 1) * r)) if r > 0 else None
 
 
 def onnx_loader(path: Path, s: ProfileSettings, shown: Path | None = None) -> Callable[[], Timed]:
@@ -332,8 +339,8 @@ def combine(measurements: Sequence[Sequence[float]]) -> list[float]:
     Each later measurement is brought to the first one's level by the median over the networks
     of ``first / it`` (the machine's speed differs between occasions), then each network's
     figure is the geometric mean of its figures. On a shared machine a measurement is only
-    reproducible across occasions to a degree (4 December 2026: four validations of the same 50
-    DARTS @ 32 networks, taken hours apart, agreed at Spearman 0.988-0.992 pairwise, while each
+    reproducible across occasions to a degree (4 December 2026: five validations of the same 50
+    DARTS @ 32 networks, taken hours apart, agreed at Spearman 0.981-0.992 pairwise, while each
     one's interleaved halves put its ceiling at 0.994-0.998), so a rank figure judged against
     one occasion carries that occasion's own error; their combination carries less.
     """
@@ -345,16 +352,16 @@ def combine(measurements: Sequence[Sequence[float]]) -> list[float]:
     return [float(v) for v in np.exp(np.mean(logs, axis=0))]
 
 
-def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, float | int]:
+def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, Any]:
     """How well ``K >= 2`` measurements of the same networks agree in rank with each other.
 
     ``spearman_min`` / ``spearman_mean`` / ``spearman_max``: over the pairs. Measurements taken
     on different occasions do not share an occasion's drift, unlike the interleaved halves of one
     (:func:`repeatability`), so this is the honest figure of how reproducible a rank is on the
     machine. ``ceiling_one``: about the Spearman a perfect predictor would read against one
-    measurement (``sqrt(r)`` for the mean pairwise ``r``); ``ceiling_combined``: against
-    their :func:`combine` (``sqrt(K r / (1 + (K - 1) r))``, Spearman-Brown). Approximations, as
-    :func:`repeatability`'s; 0 where ``r`` is not positive.
+    measurement (:func:`rank_ceiling` of the mean pairwise ``r``, ``k = 1``); ``ceiling_combined``: against
+    their :func:`combine` (``k = K``). Approximations, as :func:`repeatability`'s; None where
+    ``r`` is not positive.
     """
     k = len(measurements)
     if k < 2:
@@ -364,8 +371,8 @@ def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, float | int]
     return {
         "measurements": k,
         "spearman_min": min(rs), "spearman_mean": r, "spearman_max": max(rs),
-        "ceiling_one": math.sqrt(r) if r > 0 else 0.0,
-        "ceiling_combined": math.sqrt(k * r / (1 + (k - 1) * r)) if r > 0 else 0.0,
+        "ceiling_one": rank_ceiling(r, 1),
+        "ceiling_combined": rank_ceiling(r, k),
     }  # fmt: skip
 
 
@@ -402,15 +409,16 @@ def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict
             "--nets as it had, and the same space and input size"
         )
     there = doc.get("target")
-    if there != target:
-        diff = (
-            ", ".join(f"{k} {there.get(k)!r} not {v!r}" for k, v in target.items() if there.get(k) != v)
-            if isinstance(there, dict)
-            else "none recorded"
-        )
+    if not isinstance(there, dict):
         raise HwnasError(
-            f"--also {path} was measured under other settings ({diff}); combine only measurements of the same "
-            "backend, device, threads, batch and reading"
+            f"--also {path} does not record the settings it was measured under (no target: written by an older "
+            "hwnas); measure again with validate-lut --json, or drop this --also"
+        )
+    diff = [f"{k} {there.get(k)!r}, not {v!r}" for k, v in target.items() if there.get(k) != v]
+    if diff:
+        raise HwnasError(
+            f"--also {path} was measured with {'; '.join(diff)}: judge a LUT profiled with those settings against "
+            "it, or drop this --also"
         )
     ms = doc["measured_ms"]
     if not (isinstance(ms, list) and len(ms) == n and all(is_number(v) and v > 0 for v in ms)):

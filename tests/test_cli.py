@@ -6,11 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 from typer.testing import CliRunner
 
 from hwnas.cli import app
 from hwnas.lut import meta_path
+from hwnas.measure import combine
 
 runner = CliRunner()
 
@@ -135,14 +138,26 @@ def test_validate_lut_judges_against_earlier_measurements_of_the_same_networks(
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--also", first, "--json", second)
     assert res.exit_code == 0, res.output
     assert "against 2 measurements combined" in res.output and "vs each other" in res.output, res.output
-    both = json.loads(second.read_text())["combined"]
+    now = json.loads(second.read_text())
+    both = now["combined"]
     assert both["agreement"]["measurements"] == 2 and both["also"] == [str(first)]
-    assert 0 <= both["mape_pct"] and -1 <= both["spearman"] <= 1
+    # the figures are the predictions against both measurements combined, at this one's level
+    together = np.array(combine([now["measured_ms"], doc["measured_ms"]]))
+    predicted = np.array(now["predicted_ms"])
+    assert both["mape_pct"] == pytest.approx(float(np.mean(np.abs(predicted / together - 1)) * 100))
+    assert both["spearman"] == pytest.approx(float(stats.spearmanr(predicted, together).statistic), nan_ok=True)
+    pair = float(stats.spearmanr(now["measured_ms"], doc["measured_ms"]).statistic)
+    assert both["agreement"]["spearman_mean"] == pytest.approx(pair, nan_ok=True)
     second.unlink()
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--seed", "7", "--also", first, "--json", second)
     line = one_line_error(res)
     assert "measured other networks" in line and "--seed" in line and "MAPE" not in res.output
     assert not second.exists()
+    # one report given twice, or as its own --json, would count twice or be overwritten: refused
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--also", first, "--also", first)
+    assert "given twice" in one_line_error(res, 2) and "MAPE" not in res.output
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--also", first, "--json", first, "--force")
+    assert "is also the --json report" in one_line_error(res, 2) and json.loads(first.read_text()) == doc
 
 
 def test_validate_lut_says_when_the_machine_is_too_noisy(tiny_lut_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -100,8 +100,8 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
         "no times": ({"seed": 1000}, "no measured_ms"),
         "older": ({k: v for k, v in good.items() if k != "archs_sha256"}, "measure again with validate-lut --json"),
         "other nets": ({**good, "archs_sha256": "0" * 64}, "give --seed and --nets as it had"),
-        "other threads": ({**good, "target": {**target, "threads": 2}}, "threads 2 not 1"),
-        "no settings": ({k: v for k, v in good.items() if k != "target"}, "none recorded"),
+        "other threads": ({**good, "target": {**target, "threads": 2}}, "threads 2, not 1: judge a LUT profiled"),
+        "no settings": ({k: v for k, v in good.items() if k != "target"}, "does not record the settings"),
         "damaged": ({**good, "measured_ms": [1.0, "x", 3.0]}, "is not 3 positive numbers"),
         "short": ({**good, "measured_ms": [1.0, 2.0]}, "is not 3 positive numbers"),
     }

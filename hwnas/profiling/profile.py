@@ -2,8 +2,9 @@
 
 Method (recorded in the LUT metadata as ``model.method = "context"``):
 
-1. every unique op call of the space is timed alone (``isolated_ms``, for reference; for
-   ``op_target_ms`` a round, and between the networks a probe of the machine's speed);
+1. every unique op call of the space is timed alone (``isolated_ms``, for ``op_target_ms`` a
+   round: between the networks a probe of the machine's speed, and in step 4 perhaps a share of
+   the key's price);
 2. the space's probe networks (which together contain every op call, see
    :meth:`hwnas.space.Space.probe_archs`) and ``calib_nets`` random networks are timed whole, and
    each of their blocks is timed *inside* them (ONNX Runtime's node profiler; for torch, the clock
@@ -20,12 +21,12 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
    counts (torch, older journals) ``kernel_ms`` is 0;
 4. the whole-net model is fitted twice (:func:`fit_whole`): on the sums of the in-network prices
    alone, and on those and the sums of the blocks' times alone together; the second is kept where
-   it predicts the profile's own networks better when each is left out of the fit in turn (it
-   does for DARTS @ 32, whose blocks of a few µs the node profiler reads coarsely, and not for
-   ProxylessNAS @ 224). Each key's ``latency_ms = (1 - isolated_share) * in-network price +
-   isolated_share * isolated_ms`` (``isolated_share`` 0 where the first is kept), so that the
-   table prices a network as ``scale * sum(latency_ms) + overhead_ms``, the one formula every
-   user of a LUT applies.
+   it predicts the profile's own networks better when each is left out of the fit in turn (for
+   15 of 18 DARTS @ 32 profiles of 4 December 2026, whose blocks of a few µs the node profiler
+   reads coarsely; for none of 10 ProxylessNAS @ 224 profiles). Each key's ``latency_ms =
+   (1 - isolated_share) * in-network price + isolated_share * isolated_ms`` (``isolated_share``
+   0 where the first is kept), so that the table prices a network as ``scale * sum(latency_ms) +
+   overhead_ms``, the one formula every user of a LUT applies.
 
 All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
 shuffled order per round). A round's *reading* of a model is the 10th percentile of its runs
@@ -422,68 +423,98 @@ def fit_whole(xs: np.ndarray, xi: np.ndarray, ys: np.ndarray, floor: Callable[[f
     ``(1 - t)`` its in-network price plus ``t`` its time alone (None: unknown; see
     :func:`fit_model`).
 
-    Two models are fitted by relative least squares: the in-network sum alone (``t = 0``,
-    :func:`fit_model`), and ``a x + b xi + c`` with ``a, b >= 0`` (``scale = a + b``,
-    ``t = b / (a + b)``, the share of a block's price its time alone carries). The second is
-    chosen when its leave-one-out error over the networks is lower by ``TWO_TERM_GAIN`` of it and
-    by ``TWO_TERM_GAIN_POINTS``, ``b > 0``, its scale is in (0.5, 2) and its overhead passes
-    :func:`fit_model`'s floor; otherwise ``t = 0``. Returns ``scale``, ``overhead_ms``,
-    ``isolated_share`` (``t``) and ``choice`` (both leave-one-out MAPEs in %, and which).
+    Two models: the in-network sum alone (``t = 0``, :func:`fit_model`), and the blend
+    (:func:`fit_blend`: ``a x + b xi + c``, ``a, b >= 0``, ``scale = a + b``, ``t = b / (a + b)``,
+    the share of a block's price its time alone carries). Each is judged by its leave-one-out
+    error over the networks, every fold fitted as the model itself is (the blend's folds fall back
+    to the in-network fit where the blend is implausible). The blend is chosen when its error is
+    lower by ``TWO_TERM_GAIN`` of the other's and by ``TWO_TERM_GAIN_POINTS``, and it is plausible
+    on all the networks; otherwise ``t = 0``. Returns ``scale``, ``overhead_ms``,
+    ``isolated_share`` (``t``) and ``choice``: both leave-one-out MAPEs (%), which was chosen,
+    and, where the blend was better but not plausible, why (``refused``).
 
     Why: on DARTS @ 32 (blocks of 3-50 µs, networks of about 1 ms) the in-network times, whole
     microseconds per kernel from the node profiler, miss work a network does around its blocks
     that their times alone carry (a block whose work another kernel took reads 0 in the network,
-    yet the network still moves its data). On 16 DARTS profiles of 4 December 2026 the chosen
-    model raised the Spearman against five validations combined from 0.989 to 0.993 on average
-    and was chosen for 14; on 8 ProxylessNAS @ 224 profiles (blocks of 0.1-2 ms) for none
-    (``bench/RESULTS.md``).
+    yet the network still moves its data). On 18 DARTS profiles of 4 December 2026 it was chosen
+    for 15 and raised the Spearman against five validations combined from 0.9895 to 0.9925 on
+    average (``bench/RESULTS.md``); on 10 ProxylessNAS @ 224 profiles (blocks of 0.1-2 ms) it
+    was chosen for none.
     """
     scale, overhead = fit_model(xs, ys, floor(0.0))
     out: dict[str, Any] = {"scale": scale, "overhead_ms": overhead, "isolated_share": 0.0}
     out["choice"] = {"in_network_loo_mape_pct": None, "with_isolated_loo_mape_pct": None, "chosen": "in_network"}
-    if len(ys) < 6 or np.ptp(xs) <= 1e-12 or np.ptp(xi) <= 1e-12:
+    if len(ys) < 6 or np.ptp(xs) <= 1e-9 or np.ptp(xi) <= 1e-9:
         return out
-    ones = np.ones_like(xs)
-    one, two = _loo_mape([xs, ones], ys, 1), _loo_mape([xs, xi, ones], ys, 2)
-    choice = {"in_network_loo_mape_pct": one, "with_isolated_loo_mape_pct": two}
-    out["choice"] = {**choice, "chosen": "in_network"}
-    if not two < min((1 - TWO_TERM_GAIN) * one, one - TWO_TERM_GAIN_POINTS):
+
+    def one(k: np.ndarray) -> Callable[[int], float]:
+        sc, ov = fit_model(xs[k], ys[k], floor(0.0))
+        return lambda j: sc * xs[j] + ov
+
+    def two(k: np.ndarray) -> Callable[[int], float]:
+        fit = fit_blend(xs[k], xi[k], ys[k], floor)
+        if isinstance(fit, str):
+            return one(k)
+        sc, ov, t = fit
+        return lambda j: sc * ((1 - t) * xs[j] + t * xi[j]) + ov
+
+    e1, e2 = _loo_mape(one, len(ys), ys), _loo_mape(two, len(ys), ys)
+    choice: dict[str, Any] = {"in_network_loo_mape_pct": e1, "with_isolated_loo_mape_pct": e2, "chosen": "in_network"}
+    out["choice"] = choice
+    if not e2 < min((1 - TWO_TERM_GAIN) * e1, e1 - TWO_TERM_GAIN_POINTS):
         return out
-    a, b, c = _relative_lstsq([xs, xi, ones], ys, nonneg=2)
-    if not (b > 0 and 0.5 < a + b < 2.0):
+    fit = fit_blend(xs, xi, ys, floor)
+    if isinstance(fit, str):
+        choice["refused"] = fit
         return out
+    sc, ov, t = fit
+    return {"scale": sc, "overhead_ms": ov, "isolated_share": t, "choice": {**choice, "chosen": "with_isolated"}}
+
+
+def fit_blend(
+    xs: np.ndarray, xi: np.ndarray, ys: np.ndarray, floor: Callable[[float], float | None]
+) -> tuple[float, float, float] | str:
+    """``y = a xs + b xi + c`` with ``a, b >= 0`` by relative least squares, as ``(scale = a + b,
+    overhead = c, t = b / (a + b))``; or, where that is not a plausible model, why not (``"no
+    share"``: ``b`` is 0; ``"scale"`` or ``"floor"``: see :func:`_plausible`)."""
+    a, b, c = _relative_lstsq([xs, xi, np.ones_like(xs)], ys, nonneg=2)
+    if not b > 0:
+        return "no share"
     t = b / (a + b)
-    lo = float(((1 - t) * xs + t * xi).min())
-    f = floor(t)
-    if c < -0.5 * (a + b) * (lo if f is None else min(lo, f)):
-        return out
-    return {"scale": a + b, "overhead_ms": c, "isolated_share": t, "choice": {**choice, "chosen": "with_isolated"}}
+    why = _plausible(a + b, c, (1 - t) * xs + t * xi, floor(t))
+    return why or (a + b, c, t)
 
 
-def _loo_mape(columns: list[np.ndarray], ys: np.ndarray, nonneg: int) -> float:
-    """Leave-one-out mean relative error (%) of ``y = X @ c`` fitted by :func:`_relative_lstsq`."""
-    errs = []
-    for j in range(len(ys)):
-        keep = np.arange(len(ys)) != j
-        c = _relative_lstsq([col[keep] for col in columns], ys[keep], nonneg)
-        errs.append(abs(sum(ci * col[j] for ci, col in zip(c, columns, strict=True)) / ys[j] - 1))
-    return float(np.mean(errs) * 100)
+def _plausible(scale: float, overhead: float, xs: np.ndarray, x_floor: float | None) -> str | None:
+    """Why ``y = scale * x + overhead`` fitted on block sums ``xs`` is not a plausible whole-net
+    model (None when it is): ``"scale"`` outside (0.5, 2), or ``"floor"``, a negative overhead
+    taking more than half of the predicted time of the smallest network fitted or of the space's
+    fastest (``x_floor``, its block sum; a fit on mid-sized networks must not predict the
+    smallest at or below zero)."""
+    if not 0.5 < scale < 2.0:
+        return "scale"
+    lo = float(xs.min()) if x_floor is None else min(float(xs.min()), x_floor)
+    return "floor" if overhead < -0.5 * scale * lo else None
+
+
+def _loo_mape(fit: Callable[[np.ndarray], Callable[[int], float]], n: int, ys: np.ndarray) -> float:
+    """Leave-one-out mean relative error (%): ``fit(mask)`` fits on the networks ``mask`` keeps
+    and returns a predictor of network ``j``; each network is predicted by a fit without it."""
+    return float(np.mean([abs(fit(np.arange(n) != j)(j) / ys[j] - 1) for j in range(n)]) * 100)
 
 
 def fit_model(xs: np.ndarray, ys: np.ndarray, x_floor: float | None = None) -> tuple[float, float]:
     """``y = scale * x + overhead`` over the calibration networks, by relative least squares
     (each network's error as a share of its time: what the fidelity report's MAPE measures).
 
-    ``x_floor`` is the block sum of the space's fastest network: a negative overhead may not take
-    more than half of its predicted time (a fit on mid-sized networks must not predict the
-    smallest at or below zero); otherwise the fit goes through the origin (overhead 0).
+    Where that is not plausible (:func:`_plausible`: ``x_floor`` is the block sum of the space's
+    fastest network), the fit goes through the origin (overhead 0).
     """
     if len(xs) == 0:
         return 1.0, 0.0
-    lo = float(xs.min()) if x_floor is None else min(float(xs.min()), x_floor)
     if len(xs) >= 3 and np.ptp(xs) > 1e-9:
         scale, overhead = _relative_lstsq([xs, np.ones_like(xs)], ys)
-        if 0.5 < scale < 2.0 and overhead >= -0.5 * scale * lo:
+        if _plausible(scale, overhead, xs, x_floor) is None:
             return scale, overhead
     (scale,) = _relative_lstsq([xs], ys)
     return (scale, 0.0) if scale > 0 else (1.0, 0.0)
@@ -547,7 +578,7 @@ def run_meta(s: ProfileSettings, seconds: float) -> dict[str, Any]:
     settings["speed_correction"] = speed_correction()
     return {
         "device": device_name(s), "versions": versions(), "settings": settings,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "user": getpass.getuser(),
+        "date": runner.local_time(), "host": socket.gethostname(), "user": getpass.getuser(),
         "profile_seconds": round(seconds, 1), "seed": s.seed, "calib_nets": s.calib_nets,
     }  # fmt: skip
 

@@ -633,6 +633,11 @@ def round_medians(rows: list[dict[str, str]], steady: bool = True, reading: str 
 # -- the standalone runner ------------------------------------------------------------------
 
 
+def local_time() -> str:
+    """The local date and time as every record of hwnas writes it (ISO 8601 with the UTC offset)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 def cpu_name() -> str:
     """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
     try:
@@ -808,7 +813,7 @@ def _run(a: argparse.Namespace) -> int:
         info = {
             **run, "complete": True, "ort_settings": ort_settings(spinning),
             "seconds": round(time.perf_counter() - t0, 1), "resumed": resumed,  # seconds: this invocation's
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "date": local_time(),
             "numpy": np.__version__, "runner": "ort_runner.py",
         }  # fmt: skip
     write_json_atomic(info_path, info)
