@@ -73,22 +73,24 @@ def main() -> None:
         reports = {p: earlier_measurement(p, archs_sha256(archs), a.seed, a.nets, target) for p in a.reports}
     except HwnasError as e:
         ap.error(str(e))
-    names = [p.stem for p in reports]
+    names = [f"#{i + 1}" for i in range(len(reports))]
     ms = list(reports.values())
     ag = agreement(ms)
     print(f"{a.space} @ {a.input_size}: {a.nets} networks of seed {a.seed}, {len(ms)} reports")
+    for n, p in zip(names, reports, strict=True):
+        print(f"  {n}: {p}")
     print("\nthe reports against each other (Spearman):")
-    print(" " * 10 + "".join(f"{n:>10}" for n in names))
+    print(" " * 4 + "".join(f"{n:>8}" for n in names))
     for i, n in enumerate(names):
-        print(f"{n:>10}" + "".join(f"{spearman(ms[i], ms[j]):10.4f}" if j != i else " " * 10 for j in range(len(ms))))
+        print(f"{n:>4}" + "".join(f"{spearman(ms[i], ms[j]):8.4f}" if j != i else " " * 8 for j in range(len(ms))))
     if len(ms) >= 3:
         print("each against the combination of the others: " + ", ".join(
             f"{n} {spearman(ms[i], combine(ms[:i] + ms[i + 1 :])):.4f}" for i, n in enumerate(names)
         ))  # fmt: skip
     print(
         f"pairwise {ag['spearman_min']:.4f}-{ag['spearman_max']:.4f} (mean {ag['spearman_mean']:.4f}); "
-        f"a perfect LUT would read about {ag['ceiling_one']:.4f} against one report, "
-        f"{ag['ceiling_combined']:.4f} against all {len(ms)}"
+        f"a perfect LUT would read about {f4(ag['ceiling_one'])} against one report, "
+        f"{f4(ag['ceiling_combined'])} against all {len(ms)}"
     )
     both = np.array(combine(ms))
     print(
