@@ -803,6 +803,7 @@ def validate_lut(
         list[Path] | None,
         typer.Option(
             "--also",
+            metavar="<path>",
             help="An earlier --json report of the same networks (same space, size, --seed, --nets), from another "
             "occasion: also judge the LUT against all measurements combined. Repeatable.",
         ),
