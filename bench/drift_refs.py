@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 from validation import f4
 
 from hwnas.lut import LUT
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, repeatability, settings_from_lut
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, repeatability, settings_from_lut, validation_archs
 from hwnas.profiling import runner
 from hwnas.profiling.profile import calibration_archs, loaders
 from hwnas.profiling.runner import Job
@@ -57,8 +56,7 @@ def main() -> None:
     seed, calib = plans.pop()
     s = settings_from_lut(luts[0], rounds=a.rounds)
     refs = dict(sp.probe_archs() + calibration_archs(sp, seed, calib))
-    rng = random.Random(a.seed)
-    archs = [sp.sample(rng) for _ in range(a.nets)]
+    archs = validation_archs(sp, a.nets, a.seed)
     models = archs + list(refs.values())
     path = a.out / "timings.json"
     if not path.exists():

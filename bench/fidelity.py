@@ -34,12 +34,10 @@ from hwnas.measure import (
     VALIDATION_ROUNDS,
     Fidelity,
     apart_pct,
-    archs_sha256,
     fidelity,
-    measurement_target,
+    report_fields,
     validation_archs,
 )
-from hwnas.profiling import runner
 from hwnas.profiling.profile import ProfileSettings, profile
 from hwnas.space import load_space
 
@@ -76,9 +74,7 @@ def main() -> None:
         # each network's figures, for re-reading later without timing again, and for `hwnas
         # validate-lut --also` (archs_sha256 and target: which networks, measured how)
         archs = validation_archs(sp, a.nets, a.seed)
-        nets = {"seed": a.seed, "archs_sha256": archs_sha256(archs),
-                "target": measurement_target(replace(s, rounds=a.measure_rounds)),
-                "date": runner.local_time(), "predicted_ms": f.predicted, "measured_ms": f.measured,
+        nets = {"seed": a.seed, **report_fields(sp, archs, s), "predicted_ms": f.predicted, "measured_ms": f.measured,
                 "measured_as_timed_ms": f.measured_as_timed, "references_ms": [t for _, t in f.references]}  # fmt: skip
         path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:

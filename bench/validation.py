@@ -7,7 +7,6 @@ read against any number of LUTs built from journals timed beside it. Not a scrip
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 
 from hwnas.arch import Arch
 from hwnas.lut import LUT
-from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, reference_nets, repeatability
+from hwnas.measure import VALIDATION_ROUNDS, Fidelity, drift_of, reference_nets, repeatability, validation_archs
 from hwnas.profiling import runner
 from hwnas.profiling.runner import Job, Timed, TimingSettings
 from hwnas.space import Space
@@ -73,8 +72,7 @@ def validation(
     out: Path, space: Space, nets: int, seed: int, load_net: Callable[[Arch], Timed], timing: TimingSettings
 ) -> Validation:
     """``out/validation.json``'s validation of ``space``, timed first if it is not there."""
-    rng = random.Random(seed)
-    archs = [space.sample(rng) for _ in range(nets)]
+    archs = validation_archs(space, nets, seed)
     path = out / "validation.json"
     if not path.exists():
         models = archs + [x for _, x in space.probe_archs()]

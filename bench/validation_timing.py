@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from hwnas.measure import (
     reference_nets,
     repeatability,
     settings_from_lut,
+    validation_archs,
 )
 from hwnas.profiling import runner
 from hwnas.profiling.profile import loaders, space_from_meta, space_meta
@@ -80,8 +80,7 @@ def main() -> None:
         ap.error(f"the LUTs priced other spaces than {a.luts[0]} ({', '.join(map(str, others))}) or drew other "
                  "calibration networks (seed, calib_nets)")  # fmt: skip
     refs = [x for x, _ in reference_nets(sp, luts[0])]
-    rng = random.Random(a.seed)
-    archs = [sp.sample(rng) for _ in range(a.nets)]
+    archs = validation_archs(sp, a.nets, a.seed)
     models = archs + refs
     plan = {"space": sp.name, "input_size": sp.input_size, "seed": a.seed, "nets": a.nets, "references": len(refs),
             "rounds": a.rounds, "targets": a.targets}  # fmt: skip

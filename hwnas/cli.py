@@ -816,16 +816,14 @@ def validate_lut(
     from hwnas.lut import LUT, atomic_write, meta_path
     from hwnas.measure import (
         VALIDATION_ROUNDS,
-        archs_sha256,
         device_note,
         earlier_measurement,
         fidelity,
-        measurement_target,
+        report_fields,
         settings_from_lut,
         validation_archs,
     )
-    from hwnas.profiling.profile import space_from_meta, space_meta
-    from hwnas.profiling.runner import local_time
+    from hwnas.profiling.profile import space_from_meta
 
     if json_out:
         if json_out.resolve() in {lut.resolve(), meta_path(lut).resolve()}:
@@ -835,8 +833,7 @@ def validate_lut(
     m = table.meta
     sp = space_from_meta({**m, "space_source": space} if space else m)  # --space: the LUT's space, another file
     s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
-    digest = archs_sha256(validation_archs(sp, nets, seed))
-    target = measurement_target(s)
+    recorded = report_fields(sp, validation_archs(sp, nets, seed), s)
     seen: set[Path] = set()
     for p in also or []:
         if p.resolve() in seen:
@@ -844,7 +841,9 @@ def validate_lut(
         if json_out and p.resolve() == json_out.resolve():
             raise UsageError(f"--also {p} is also the --json report; name another file for the report")
         seen.add(p.resolve())
-    earlier = [earlier_measurement(p, digest, seed, nets, target) for p in also or []]  # before minutes of measuring
+    earlier = [
+        earlier_measurement(p, recorded["archs_sha256"], seed, nets, recorded["target"]) for p in also or []
+    ]  # before minutes of measuring
     note = device_note(table, s)
     if note:
         err.print(note, highlight=False)
@@ -933,10 +932,7 @@ def validate_lut(
             "lut": str(lut),
             "lut_sha256": table.sha256,  # what hwnas report matches against the run's LUT
             "seed": seed,
-            "space": space_meta(sp),
-            "archs_sha256": digest,  # which networks, and under what: what --also matches a later report against
-            "target": target,
-            "date": local_time(),
+            **recorded,  # which networks, measured how: what --also matches a later report against
             **r,
             **({"combined": {**combined, "also": [str(p) for p in also or []]}} if combined else {}),
             "predicted_ms": f.predicted,

@@ -26,7 +26,7 @@ from hwnas.checks import is_number
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
 from hwnas.profiling import runner
-from hwnas.profiling.profile import ProfileSettings, calibration_archs, check_target, loaders
+from hwnas.profiling.profile import ProfileSettings, calibration_archs, check_target, loaders, space_meta
 from hwnas.profiling.runner import Job, Timed, TimingSettings
 from hwnas.space import Space
 
@@ -380,6 +380,16 @@ def measurement_target(s: ProfileSettings) -> dict[str, Any]:
     """What a measurement's figures depend on besides the networks: backend, device, threads,
     batch and reading. Recorded in a report, so that only like measurements are combined."""
     return {"backend": s.backend, "device": s.device, "threads": s.threads, "batch": s.batch, "reading": s.reading}
+
+
+def report_fields(space: Space, archs: Sequence[Arch], s: ProfileSettings) -> dict[str, Any]:
+    """What a report records of its measurement, so that a later ``validate-lut --also`` can
+    recognise the same networks measured the same way (:func:`earlier_measurement`): the space,
+    ``archs_sha256`` (:func:`archs_sha256`), ``target`` (:func:`measurement_target`) and the date."""
+    return {
+        "space": space_meta(space), "archs_sha256": archs_sha256(archs), "target": measurement_target(s),
+        "date": runner.local_time(),
+    }  # fmt: skip
 
 
 def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict[str, Any]) -> list[float]:
