@@ -74,8 +74,7 @@ def main() -> None:
         # each network's figures, for re-reading later without timing again, and for `hwnas
         # validate-lut --also` (archs_sha256 and target: which networks, measured how)
         archs = validation_archs(sp, a.nets, a.seed)
-        nets = {"seed": a.seed, **report_fields(sp, archs, s), "predicted_ms": f.predicted, "measured_ms": f.measured,
-                "measured_as_timed_ms": f.measured_as_timed, "references_ms": [t for _, t in f.references]}  # fmt: skip
+        nets = {"seed": a.seed, **report_fields(sp, archs, s), **f.record()}
         path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:
             path2 = a.out / f"{name}-{size}-t{threads}-repeat.csv"

@@ -850,7 +850,7 @@ def validate_lut(
     with progress_bar(f"measure {nets} nets") as update:
         f = fidelity(sp, table, nets, seed, s, update)
     r = f.summary()
-    combined = f.against(earlier) if earlier else None
+    combined = f.against(earlier, table, sp) if earlier else None
     t = Table(title=f"LUT fidelity: {table.describe()}")
     t.add_column("figure")
     t.add_column("raw", justify="right")
@@ -907,6 +907,14 @@ def validate_lut(
         ceil = " / ".join("n/a" if v is None else f"{v:.4f}" for v in (ag["ceiling_one"], ag["ceiling_combined"]))
         t2.add_row("measurements vs each other", f"Spearman {ag['spearman_min']:.4f}-{ag['spearman_max']:.4f}", "")
         t2.add_row("perfect LUT: one / all", f"about {ceil}", "")
+        lv = combined.get("level")
+        if lv:  # where the drift-corrected column's level was read
+            t2.add_row(
+                "level (drift) read on",
+                f"all {k} measurements" if lv["from"] == "every measurement"
+                else f"this one only ({sum(d is None for d in lv['drifts'])} without references)",
+                "",
+            )  # fmt: skip
         out.print(t2)
     if rep and rep["mean_diff_pct"] >= 2.0:
         err.print(
@@ -935,8 +943,7 @@ def validate_lut(
             **recorded,  # which networks, measured how: what --also matches a later report against
             **r,
             **({"combined": {**combined, "also": [str(p) for p in also or []]}} if combined else {}),
-            "predicted_ms": f.predicted,
-            "measured_ms": f.measured,
+            **f.record(),
         }
         atomic_write(json_out, (json.dumps(doc, indent=2) + "\n").encode())
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from hwnas.arch import Arch
+from hwnas.arch import Arch, ArchError
 from hwnas.checks import is_number
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT, LutError
@@ -230,6 +230,16 @@ def _stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Earlier:
+    """An earlier measurement of the same networks (:func:`earlier_measurement`): each network's
+    time (ms) and the reference networks timed in its rounds with their times then (ms; empty for
+    reports written before they were recorded)."""
+
+    measured: list[float]
+    references: tuple[tuple[Arch, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Fidelity:
     """Predicted vs measured latency of random networks of a space (ms, %).
 
@@ -257,17 +267,38 @@ class Fidelity:
         against one measurement without timing anything again."""
         return drift_against(self.references, lut, space)
 
-    def against(self, earlier: Sequence[Sequence[float]]) -> dict[str, Any]:
+    def against(self, earlier: Sequence[Earlier], lut: LUT, space: Space) -> dict[str, Any]:
         """The figures against this measurement combined with ``earlier`` measurements of the same
         networks (:func:`combine`, at this one's level), with how all of them agree in rank
-        (``agreement``, :func:`agreement`). ``corrected``: the predictions scaled by this
-        measurement's drift, as in :meth:`summary`."""
-        ms = [self.measured, *earlier]
+        (``agreement``, :func:`agreement`).
+
+        ``corrected``: the predictions against the networks at the profile's speed. Where every
+        measurement timed some of ``lut``'s reference networks (:func:`drift_against`), each is
+        brought there by its own drift and the geometric mean taken per network, so the level too
+        is read on every occasion (``level``: ``"every measurement"``, with ``drifts``); otherwise
+        the predictions are scaled by this measurement's drift alone, as in :meth:`summary`
+        (``level``: ``"this measurement"``)."""
+        ms = [self.measured, *(e.measured for e in earlier)]
         p, m = np.array(self.predicted), np.array(combine(ms))
         out: dict[str, Any] = {"agreement": agreement(ms), **_stats(p, m)}
-        if self.drift is not None:
+        drifts = [self.drift, *(drift_against(e.references, lut, space) for e in earlier)]
+        at_profile = at_profile_speed(ms, drifts)
+        if at_profile is not None:
+            out["corrected"] = _stats(p, np.array(at_profile))
+            out["level"] = {"from": "every measurement", "drifts": drifts}
+        elif self.drift is not None:
             out["corrected"] = _stats(p * self.drift, m)
+            out["level"] = {"from": "this measurement", "drifts": drifts}
         return out
+
+    def record(self) -> dict[str, Any]:
+        """Each network's figures as a report stores them (ms): the predictions, the measurement
+        (and as timed), and the reference networks with their times now, which a later
+        ``validate-lut --also`` reads the level of this occasion from (:func:`earlier_measurement`)."""
+        return {
+            "predicted_ms": self.predicted, "measured_ms": self.measured, "measured_as_timed_ms": self.measured_as_timed,
+            "references": [{"arch": a.to_dict(), "ms": t} for a, t in self.references],
+        }  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         p, m = np.array(self.predicted), np.array(self.measured)
@@ -352,6 +383,20 @@ def combine(measurements: Sequence[Sequence[float]]) -> list[float]:
     return [float(v) for v in np.exp(np.mean(logs, axis=0))]
 
 
+def at_profile_speed(measurements: Sequence[Sequence[float]], drifts: Sequence[float | None]) -> list[float] | None:
+    """Several measurements of the same networks as one, at a LUT's profile speed (ms): each
+    divided by its own drift since that profile (:func:`drift_against`; > 1: the machine ran
+    slower on that occasion than during the profile), then the geometric mean per network. None
+    where a drift is unknown.
+
+    Up to one factor this is :func:`combine`; the factor is the level read on every occasion's
+    reference networks, not on one (one occasion's drift is as noisy as the occasion)."""
+    if any(d is None for d in drifts):
+        return None
+    logs = [np.log(np.asarray(m, dtype=float) / d) for m, d in zip(measurements, drifts, strict=True)]
+    return [float(v) for v in np.exp(np.mean(logs, axis=0))]
+
+
 def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, Any]:
     """How well ``K >= 2`` measurements of the same networks agree in rank with each other.
 
@@ -392,11 +437,11 @@ def report_fields(space: Space, archs: Sequence[Arch], s: ProfileSettings) -> di
     }  # fmt: skip
 
 
-def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict[str, Any]) -> list[float]:
-    """The per-network times (ms) of an earlier report of the same networks: a ``validate-lut
-    --json`` file (or ``bench/fidelity.py``'s ``*.validation.json``) whose ``archs_sha256`` is
-    ``digest`` and whose ``target`` (:func:`measurement_target`) is ``target``. Raises
-    :class:`HwnasError` with one line naming the problem and the fix."""
+def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict[str, Any]) -> Earlier:
+    """An earlier report of the same networks: a ``validate-lut --json`` file (or
+    ``bench/fidelity.py``'s ``*.validation.json``) whose ``archs_sha256`` is ``digest`` and whose
+    ``target`` (:func:`measurement_target`) is ``target``. Raises :class:`HwnasError` with one
+    line naming the problem and the fix."""
     try:
         doc = json.loads(path.read_text())
     except OSError as e:
@@ -433,7 +478,23 @@ def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict
     ms = doc["measured_ms"]
     if not (isinstance(ms, list) and len(ms) == n and all(is_number(v) and v > 0 for v in ms)):
         raise HwnasError(f"--also {path}: measured_ms is not {n} positive numbers; the file is damaged, measure again")
-    return [float(v) for v in ms]
+    return Earlier([float(v) for v in ms], _read_references(path, doc.get("references", [])))
+
+
+def _read_references(path: Path, refs: Any) -> tuple[tuple[Arch, float], ...]:
+    if not isinstance(refs, list):
+        raise HwnasError(f"--also {path}: references is not a list; the file is damaged, measure again")
+    out = []
+    for i, r in enumerate(refs):
+        ok = isinstance(r, dict) and is_number(r.get("ms")) and r["ms"] > 0
+        try:
+            arch = Arch.from_dict(r.get("arch") if isinstance(r, dict) else None, f"--also {path}: references[{i}]")
+        except ArchError as e:
+            raise HwnasError(f"{e}; the file is damaged, measure again") from None
+        if not ok:
+            raise HwnasError(f"--also {path}: references[{i}] has no positive ms; the file is damaged, measure again")
+        out.append((arch, float(r["ms"])))
+    return tuple(out)
 
 
 def fidelity(

@@ -148,6 +148,27 @@ def test_validate_lut_judges_against_earlier_measurements_of_the_same_networks(
     assert both["spearman"] == pytest.approx(float(stats.spearmanr(predicted, together).statistic), nan_ok=True)
     pair = float(stats.spearmanr(now["measured_ms"], doc["measured_ms"]).statistic)
     assert both["agreement"]["spearman_mean"] == pytest.approx(pair, nan_ok=True)
+    # the level: each report brought to the profile's speed by the drift its own reference networks read
+    assert len(doc["references"]) == len(now["references"]) > 0
+    assert both["level"]["from"] == "every measurement" and "all 2 measurements" in res.output
+    d_now, d_first = both["level"]["drifts"]
+    assert d_now == pytest.approx(now["drift"]) and d_first == pytest.approx(doc["drift"])
+    at_profile = np.sqrt(np.array(now["measured_ms"]) / d_now * np.array(doc["measured_ms"]) / d_first)
+    assert both["corrected"]["mape_pct"] == pytest.approx(float(np.mean(np.abs(predicted / at_profile - 1)) * 100))
+    second.unlink()
+    # a report without reference networks (an older one): the level is this measurement's alone
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({k: v for k, v in doc.items() if k != "references"}))
+    res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--rounds", "1", "--also", older, "--json", second)
+    assert res.exit_code == 0, res.output
+    now = json.loads(second.read_text())
+    assert now["combined"]["level"] == {"from": "this measurement", "drifts": [now["drift"], None]}
+    together = np.array(combine([now["measured_ms"], doc["measured_ms"]]))
+    scaled = np.array(now["predicted_ms"]) * now["drift"]
+    assert now["combined"]["corrected"]["mape_pct"] == pytest.approx(
+        float(np.mean(np.abs(scaled / together - 1)) * 100)
+    )
+    assert "this one only (1 without" in res.output
     second.unlink()
     res = run("validate-lut", "--lut", tiny_lut_path, "--nets", "4", "--seed", "7", "--also", first, "--json", second)
     line = one_line_error(res)

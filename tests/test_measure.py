@@ -15,6 +15,7 @@ from scipy import stats
 from hwnas.errors import HwnasError
 from hwnas.lut import LUT
 from hwnas.measure import (
+    Earlier,
     agreement,
     archs_sha256,
     combine,
@@ -93,7 +94,10 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
         path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
         return earlier_measurement(path, digest, 1000, 3, target)
 
-    assert read(good) == [1.0, 2.0, 3.0]
+    assert read(good) == Earlier([1.0, 2.0, 3.0])
+    _, probe = space.probe_archs()[0]
+    timed = read({**good, "references": [{"arch": probe.to_dict(), "ms": 0.5}]})
+    assert timed.references == ((probe, 0.5),)
     assert archs_sha256(validation_archs(space, 3, 1001)) != digest  # another seed: other networks
     cases = {
         "not JSON": ("{", "not JSON"),
@@ -104,6 +108,9 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
         "no settings": ({k: v for k, v in good.items() if k != "target"}, "does not record the settings"),
         "damaged": ({**good, "measured_ms": [1.0, "x", 3.0]}, "is not 3 positive numbers"),
         "short": ({**good, "measured_ms": [1.0, 2.0]}, "is not 3 positive numbers"),
+        "references not a list": ({**good, "references": {}}, "references is not a list"),
+        "reference without time": ({**good, "references": [{"arch": probe.to_dict()}]}, "has no positive ms"),
+        "reference arch damaged": ({**good, "references": [{"arch": {"kind": "x"}, "ms": 1.0}]}, "references[0]"),
     }
     for case, (doc, says) in cases.items():
         with pytest.raises(HwnasError, match="--also") as e:
