@@ -4,7 +4,8 @@ percentile or the median), and would shorter timing per model do as well?
 
 Times a space once — ``--profiles`` independent profile journals and one validation of ``--nets``
 random networks plus the LUT's probe networks in 9 rounds — and then reads the same timings in
-several ways: each reading (``hwnas profile --reading p10|median``) builds its LUTs from the
+several ways: each reading (``hwnas profile --reading p10|median``, with blocks inside a network
+read the same way, and the shipped pair: p10, blocks under 50 µs at the median) builds its LUTs from the
 journals and its validation figures from the same rows. With ``--shorter TARGET_MS:RUNS ...``
 each profile is also read as if it had timed each model for only ``TARGET_MS`` per round (the
 first runs of each measurement, at least ``min_runs``; a block alone is timed for
@@ -174,11 +175,15 @@ def main() -> None:
                   flush=True)  # fmt: skip
     val = validation(a.out, sp, a.nets, a.seed, load_net, timing)
     print(f"\n{a.space} @ {a.input_size}, {a.threads} thread(s), {a.nets} networks, {a.profiles} LUT(s) per reading")
-    print(f"{'reading':<8}{'timing':>14}{'LUT':>4}{'self-diff %':>12}{'MAPE %':>8}{'corr. MAPE %':>13}"
+    print(f"{'reading/blocks':<15}{'timing':>14}{'LUT':>4}{'self-diff %':>12}{'MAPE %':>8}{'corr. MAPE %':>13}"
           f"{'corr. max %':>12}{'corr. ±5%':>10}{'Spearman':>9}{'drift %':>8}{'1st LUT %':>10}"
           f"{'full %':>8}")  # fmt: skip
-    for reading in runner.READINGS:
-        s = ProfileSettings(threads=a.threads, reading=reading)
+    # each reading throughout, then the shipped pair (p10; blocks inside a network "auto": at the
+    # median where under 50 us)
+    pairs = [(r, r) for r in runner.READINGS] + [(runner.DEFAULT_READING, runner.DEFAULT_BLOCK_READING)]
+    for reading, blocks in dict.fromkeys(pairs):
+        s = ProfileSettings(threads=a.threads, reading=reading, block_reading=blocks)
+        label = f"{reading}/{blocks}"
         measured, self_diff = val.read(reading)
         preds: dict[tuple[str, int], np.ndarray] = {}
         for v in variants:
@@ -189,14 +194,14 @@ def main() -> None:
                 preds[v, k] = predicted
                 first = apart_pct(predicted, preds[v, 0])[0] if k else float("nan")
                 full = shape_apart(predicted, preds["", k]) if v else float("nan")
-                print(f"{reading:<8}{v.lstrip('-') or 'full':>14}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}"
+                print(f"{label:<15}{v.lstrip('-') or 'full':>14}{k:>4}{self_diff:>12.2f}{r['mape_pct']:>8.2f}"
                       f"{c['mape_pct']:>13.2f}{c['max_error_pct']:>12.2f}{c['within_5pct'] * 100:>9.0f}%"
                       f"{r['spearman']:>9.4f}{(r.get('drift', 1.0) - 1) * 100:>+8.2f}{first:>10.2f}"
                       f"{full:>8.2f}")  # fmt: skip
             if a.profiles > 1:
                 x, y = preds[v, 0], preds[v, 1]
                 print(
-                    f"{'':<8}{v.lstrip('-') or 'full':>14}  LUT 0 vs 1: shape {shape_apart(y, x):.2f} %, "
+                    f"{'':<15}{v.lstrip('-') or 'full':>14}  LUT 0 vs 1: shape {shape_apart(y, x):.2f} %, "
                     f"Spearman {stats.spearmanr(x, y).statistic:.4f}"
                 )
 

@@ -389,7 +389,7 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
     from dataclasses import fields
 
     from hwnas.checks import is_int, is_number
-    from hwnas.profiling.runner import DEFAULT_READING, READINGS, TimingSettings
+    from hwnas.profiling.runner import BLOCK_READINGS, READINGS, TimingSettings
 
     def bad(key: str, value: Any, want: str) -> UsageError:
         return UsageError(f"--target {path}: {key} must be {want}, got {value!r}")
@@ -400,11 +400,12 @@ def _check_target_values(path: Path, raw: dict[str, Any]) -> None:
             raise bad(key, raw[key], f"an integer >= {lo}")
         if key in raw and hi is not None and raw[key] > hi:
             raise bad(key, raw[key], f"an integer <= {hi}")
-    for key in ("backend", "device", "reading"):
+    for key in ("backend", "device", "reading", "block_reading"):
         if key in raw and not isinstance(raw[key], str):
             raise bad(key, raw[key], "a string")
-    if raw.get("reading", DEFAULT_READING) not in READINGS:
-        raise bad("reading", raw["reading"], f"one of {', '.join(READINGS)}")
+    for key, allowed in (("reading", READINGS), ("block_reading", BLOCK_READINGS)):
+        if key in raw and raw[key] not in allowed:
+            raise bad(key, raw[key], f"one of {', '.join(allowed)}")
     if "spinning" in raw and not isinstance(raw["spinning"], bool):
         raise bad("spinning", raw["spinning"], "true or false")
     if "steady_pct" in raw and not (is_number(raw["steady_pct"]) and raw["steady_pct"] > 0):

@@ -617,9 +617,7 @@ def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None
     sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
     steady = _in_rounds(_journal(work, true_ms, kernels, 0.002, True), 3, lambda pos, name: 1.0)
     victim = "net:calib-3"
-    half_slow = [
-        {**r, "median_ms": str(1.5 * float(r["median_ms"]))} if r["name"].split("#")[0] == victim else r for r in steady
-    ]
+    half_slow = [{**r, "median_ms": str(1.5 * float(r["median_ms"]))} if r["name"] == victim else r for r in steady]
     assert s.reading == "p10"
     clean = assemble(space_meta(sp), s, work, steady, {})
     lut = assemble(space_meta(sp), s, work, half_slow, {})
@@ -632,6 +630,47 @@ def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None
     truth = {n["name"]: n["measured_ms"] for n in clean.meta["model"]["nets"]}
     assert measured["calib-3"] == pytest.approx(1.5 * truth["calib-3"], rel=1e-6)
     assert by_median.meta["reading"] == "median"
+
+
+def test_blocks_inside_a_network_are_read_at_the_block_reading() -> None:
+    """A block's time inside a network is read at ``block_reading``: by default (``auto``) at the
+    median where it is under 50 µs (the node profiler's whole microseconds put a small block's
+    10th percentile on its lowest value) and at ``reading`` (p10) above, while whole networks and
+    blocks alone keep ``reading``, and the machine's speed is judged from those."""
+    from hwnas.profiling.profile import assemble, space_meta
+
+    sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
+    assert (s.reading, s.block_reading) == ("p10", "auto")
+    journal = _in_rounds(_journal(work, true_ms, kernels, 0.002, True), 3, lambda pos, name: 1.0)
+
+    def shifted(field: str, f: float, rows: list[dict[str, str]]) -> list[dict[str, str]]:
+        return [{**r, field: str(float(r[field]) * f)} if "#" in r["name"] else r for r in rows]
+
+    rows = shifted("median_ms", 0.5, shifted("p10_ms", 0.5, journal))
+    blocks = [float(r["median_ms"]) for r in rows if "#" in r["name"]]
+    assert min(blocks) > 0 and max(blocks) < runner.COARSE_BELOW_MS  # all small: auto reads them at the median
+    big = shifted("median_ms", 1000.0, shifted("p10_ms", 1000.0, rows))  # all 50 µs or more: auto reads them at p10
+    for journal, block_field in ((rows, "median_ms"), (big, "p10_ms")):
+        for field, f in (("median_ms", 1.3), ("p10_ms", 0.7)):
+            by = runner.round_values(shifted(field, f, journal), reading="p10", block_reading="auto")
+            plain = runner.round_values(journal, reading="p10", block_reading="auto")
+            moves = field == block_field
+            for name, vs in by.items():  # only the read block rows move; job rows and speed factors not
+                assert vs == pytest.approx([v * (f if "#" in name and moves else 1.0) for v in plain[name]], rel=1e-9)
+    clean = assemble(space_meta(sp), s, work, rows, {})
+    assert clean.meta["block_reading"] == "auto" and clean.meta["reading"] == "p10"
+    for field, block_reading, moves in (
+        ("median_ms", "auto", True), ("p10_ms", "auto", False), ("median_ms", "median", True),
+        ("p10_ms", "median", False), ("p10_ms", "p10", True), ("median_ms", "p10", False),
+    ):  # fmt: skip
+        base = assemble(space_meta(sp), replace(s, block_reading=block_reading), work, rows, {})
+        lut = assemble(space_meta(sp), replace(s, block_reading=block_reading), work, shifted(field, 1.3, rows), {})
+        before, after = base.table.set_index("key"), lut.table.set_index("key")
+        moved = [k for k in keys if after.at[k, "profiled_ms"] != pytest.approx(before.at[k, "profiled_ms"], rel=1e-6)]
+        assert bool(moved) == moves, (field, block_reading)
+        assert list(after["isolated_ms"]) == pytest.approx(list(before["isolated_ms"]), rel=1e-9)  # alone: ``reading``
+    with pytest.raises(HwnasError, match="unknown block_reading 'mean'"):
+        replace(s, block_reading="mean")
 
 
 @pytest.mark.parametrize("space", ["tiny", "tiny_darts"])

@@ -31,7 +31,10 @@ Method (recorded in the LUT metadata as ``model.method = "context"``):
 All jobs run in rounds (round ``r`` of every job before round ``r + 1`` of any, in a seeded
 shuffled order per round). A round's *reading* of a model is the 10th percentile of its runs
 (``ProfileSettings.reading``; ``median`` for a dedicated board): a shared machine also slows down
-for part of a round, which moves a round's median but not its fast tail. Each figure is the
+for part of a round, which moves a round's median but not its fast tail. A block's time inside a
+network is read at the median of its profiled runs where it is under 50 µs (``block_reading``
+``"auto"``, :data:`hwnas.profiling.runner.COARSE_BELOW_MS`: the node profiler reports whole
+microseconds). Each figure is the
 median over rounds of the readings, each divided first by the machine's speed when it was timed
 (:func:`hwnas.profiling.runner.speed_factors`: a shared machine runs in episodes of seconds 1.5x
 slower, which hit every model timed meanwhile alike). After ``rounds`` rounds, more are timed, up
@@ -92,6 +95,7 @@ class ProfileSettings:
     max_rounds: int = 5
     steady_pct: float = 2.0
     reading: str = runner.DEFAULT_READING  # the statistic of a round's runs that is its reading (runner.READINGS)
+    block_reading: str = runner.DEFAULT_BLOCK_READING  # the same for a block's runs inside a network
     calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
     seed: int = 0  # picks the calibration networks
     timing: TimingSettings = field(default_factory=TimingSettings)
@@ -108,6 +112,10 @@ class ProfileSettings:
             raise HwnasError(f"steady_pct must be a number above 0 (percent), got {self.steady_pct!r}")
         if self.reading not in runner.READINGS:
             raise HwnasError(f"unknown reading {self.reading!r}; expected one of {', '.join(runner.READINGS)}")
+        if self.block_reading not in runner.BLOCK_READINGS:
+            raise HwnasError(
+                f"unknown block_reading {self.block_reading!r}; expected one of {', '.join(runner.BLOCK_READINGS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,7 +267,7 @@ def assemble(
 ) -> LUT:
     """Turn journal rows into a LUT: in-network figures per key (medians over networks, positions and
     rounds of each round's reading) and the fitted whole-net model."""
-    med = round_medians(rows, reading=s.reading)
+    med = round_medians(rows, reading=s.reading, block_reading=s.block_reading)
     by_round: dict[str, list[dict[str, str]]] = defaultdict(list)
     for r in rows:
         by_round[r["name"]].append(r)
@@ -352,7 +360,7 @@ def assemble(
         **space_meta,
         "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
         "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.effective_timing),
-        "reading": s.reading, "reading_field": runner.READINGS[s.reading],
+        "reading": s.reading, "reading_field": runner.READINGS[s.reading], "block_reading": s.block_reading,
         "unit": "ms", "keys": len(table),
         "machine_speed": runner.speed_spread(rows, s.reading),  # how far the machine's speed moved (corrected for)
         "model": {
