@@ -204,7 +204,8 @@ def profile(
         Reading | None,
         typer.Option(
             help="A round's reading of a model: the 10th percentile of its runs (default; a shared machine's slow "
-            "stretches within a round leave it alone) or their median (a dedicated board)."
+            "stretches within a round leave it alone) or their median (a dedicated board). Blocks under 50 µs "
+            "inside a network are read at the median either way (block_reading in a --target file)."
         ),
     ] = None,
     calib_nets: Annotated[
@@ -816,6 +817,7 @@ def validate_lut(
     """
     from hwnas.lut import LUT, atomic_write, meta_path
     from hwnas.measure import (
+        LEVEL_EVERY,
         VALIDATION_ROUNDS,
         device_note,
         earlier_measurement,
@@ -912,8 +914,8 @@ def validate_lut(
         if lv:  # where the drift-corrected column's level was read
             t2.add_row(
                 "level (drift) read on",
-                f"all {k} measurements" if lv["from"] == "every measurement"
-                else f"this one only ({sum(d is None for d in lv['drifts'])} without references)",
+                f"all {k} measurements" if lv["from"] == LEVEL_EVERY
+                else f"this one only ({sum(d is None for d in lv['drifts'])} without this LUT's references)",
                 "",
             )  # fmt: skip
         out.print(t2)

@@ -8,7 +8,8 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
 ``latency_ms``
     the block's price, what prediction sums: its time *inside a network* on the target (median
     over the probe networks that contain it and over rounds of each round's reading,
-    ``meta["reading"]``: the 10th percentile of the round's runs, or their median), less what the
+    ``meta["block_reading"]``: ``auto``, the median of the round's runs for a block under 50 µs
+    and ``meta["reading"]`` above it, the 10th percentile or the median), less what the
     node profiler adds per kernel (``meta["model"]["kernel_ms"]``), blended with
     ``isolated_ms`` by ``meta["model"]["isolated_share"]`` where the profile's fit chose that
     (:func:`hwnas.profiling.profile.fit_whole`; 0 in LUTs written before it)

@@ -34,6 +34,9 @@ Progress = Callable[[int, int, str], None]
 
 
 TARGET_FIELDS = ("backend", "device", "threads", "batch")
+# Where Fidelity.against read the level of its drift-corrected figures (its ``level.from``).
+LEVEL_EVERY = "every measurement"
+LEVEL_THIS = "this measurement"
 # Rounds a fidelity report gives each validation network at least: its own noise must not blur the
 # figures. On a shared 2-core VM, runs with 9 rounds showed half the disagreement between a
 # measurement's even and odd rounds that runs with 5 did (1.4-2.1 % vs 2.5-4 % mean on DARTS
@@ -238,6 +241,11 @@ class Earlier:
     measured: list[float]
     references: tuple[tuple[Arch, float], ...] = ()
 
+    def drift(self, lut: LUT, space: Space) -> float | None:
+        """This occasion's drift since ``lut``'s profile (:func:`drift_against`; None when it timed
+        none of ``lut``'s reference networks)."""
+        return drift_against(self.references, lut, space)
+
 
 @dataclass(frozen=True)
 class Fidelity:
@@ -275,20 +283,20 @@ class Fidelity:
         ``corrected``: the predictions against the networks at the profile's speed. Where every
         measurement timed some of ``lut``'s reference networks (:func:`drift_against`), each is
         brought there by its own drift and the geometric mean taken per network, so the level too
-        is read on every occasion (``level``: ``"every measurement"``, with ``drifts``); otherwise
+        is read on every occasion (``level``: :data:`LEVEL_EVERY`, with ``drifts``); otherwise
         the predictions are scaled by this measurement's drift alone, as in :meth:`summary`
-        (``level``: ``"this measurement"``)."""
+        (``level``: :data:`LEVEL_THIS`)."""
         ms = [self.measured, *(e.measured for e in earlier)]
         p, m = np.array(self.predicted), np.array(combine(ms))
         out: dict[str, Any] = {"agreement": agreement(ms), **_stats(p, m)}
-        drifts = [self.drift, *(drift_against(e.references, lut, space) for e in earlier)]
+        drifts = [self.drift, *(e.drift(lut, space) for e in earlier)]
         at_profile = at_profile_speed(ms, drifts)
         if at_profile is not None:
             out["corrected"] = _stats(p, np.array(at_profile))
-            out["level"] = {"from": "every measurement", "drifts": drifts}
+            out["level"] = {"from": LEVEL_EVERY, "drifts": drifts}
         elif self.drift is not None:
             out["corrected"] = _stats(p * self.drift, m)
-            out["level"] = {"from": "this measurement", "drifts": drifts}
+            out["level"] = {"from": LEVEL_THIS, "drifts": drifts}
         return out
 
     def record(self) -> dict[str, Any]:
@@ -380,6 +388,11 @@ def combine(measurements: Sequence[Sequence[float]]) -> list[float]:
     for m in measurements[1:]:
         x = np.asarray(m, dtype=float)
         logs.append(np.log(x) + float(np.median(np.log(first / x))))
+    return _geomean(logs)
+
+
+def _geomean(logs: Sequence[np.ndarray]) -> list[float]:
+    """Per network, the geometric mean of several measurements given as their logs."""
     return [float(v) for v in np.exp(np.mean(logs, axis=0))]
 
 
@@ -393,8 +406,7 @@ def at_profile_speed(measurements: Sequence[Sequence[float]], drifts: Sequence[f
     reference networks, not on one (one occasion's drift is as noisy as the occasion)."""
     if any(d is None for d in drifts):
         return None
-    logs = [np.log(np.asarray(m, dtype=float) / d) for m, d in zip(measurements, drifts, strict=True)]
-    return [float(v) for v in np.exp(np.mean(logs, axis=0))]
+    return _geomean([np.log(np.asarray(m, dtype=float) / d) for m, d in zip(measurements, drifts, strict=True)])
 
 
 def agreement(measurements: Sequence[Sequence[float]]) -> dict[str, Any]:
@@ -482,18 +494,21 @@ def earlier_measurement(path: Path, digest: str, seed: int, n: int, target: dict
 
 
 def _read_references(path: Path, refs: Any) -> tuple[tuple[Arch, float], ...]:
+    """A report's reference networks and their times (ms). A damaged list is refused; networks
+    this hwnas cannot read (another arch schema) leave the report without references, so that
+    only its level, not its measurement, is lost (the table then says so)."""
     if not isinstance(refs, list):
         raise HwnasError(f"--also {path}: references is not a list; the file is damaged, measure again")
     out = []
     for i, r in enumerate(refs):
-        ok = isinstance(r, dict) and is_number(r.get("ms")) and r["ms"] > 0
+        if not (isinstance(r, dict) and "arch" in r and is_number(r.get("ms")) and r["ms"] > 0):
+            raise HwnasError(
+                f"--also {path}: references[{i}] is not an arch with a positive ms; the file is damaged, measure again"
+            )
         try:
-            arch = Arch.from_dict(r.get("arch") if isinstance(r, dict) else None, f"--also {path}: references[{i}]")
-        except ArchError as e:
-            raise HwnasError(f"{e}; the file is damaged, measure again") from None
-        if not ok:
-            raise HwnasError(f"--also {path}: references[{i}] has no positive ms; the file is damaged, measure again")
-        out.append((arch, float(r["ms"])))
+            out.append((Arch.from_dict(r["arch"], f"--also {path}: references[{i}]"), float(r["ms"])))
+        except ArchError:
+            return ()
     return tuple(out)
 
 

@@ -427,6 +427,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
         ("fractional runs", "timing.min_runs must be a whole number >= 1, got 2.5"),
         ("unknown reading", "reading must be one of p10, median, got 'mean'"),
         ("number reading", "reading must be a string, got 10"),
+        ("unknown block reading", "block_reading must be one of p10, median, auto, got 'mean'"),
+        ("number block reading", "block_reading must be a string, got 10"),
     ],
 )
 def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) -> None:
@@ -445,9 +447,13 @@ def test_bad_target_profile_is_one_line(kind: str, said: str, tmp_path: Path) ->
         target.write_text('reading = "mean"\n')
     elif kind == "number reading":
         target.write_text("reading = 10\n")
+    elif kind == "unknown block reading":
+        target.write_text('block_reading = "mean"\n')
+    elif kind == "number block reading":
+        target.write_text("block_reading = 10\n")
     out = tmp_path / "lut.csv"
     res = run("profile", "--space", "tiny", "--target", target, "--out", out)
-    assert res.exit_code == 2 and said in res.output and "Traceback" not in res.output, res.output
+    assert said in one_line_error(res, 2) and "Traceback" not in res.output, res.output
     assert not out.exists()
 
 

@@ -89,7 +89,7 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
     target = measurement_target(fast_settings())
     good = {"archs_sha256": digest, "target": target, "seed": 1000, "measured_ms": [1.0, 2.0, 3.0]}
 
-    def read(doc: object) -> list[float]:
+    def read(doc: object) -> Earlier:
         path = tmp_path / "earlier.json"
         path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
         return earlier_measurement(path, digest, 1000, 3, target)
@@ -98,6 +98,9 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
     _, probe = space.probe_archs()[0]
     timed = read({**good, "references": [{"arch": probe.to_dict(), "ms": 0.5}]})
     assert timed.references == ((probe, 0.5),)
+    # networks of another arch schema: the report keeps its measurement and loses only its level
+    other = read({**good, "references": [{"arch": {**probe.to_dict(), "schema": "hwnas.arch/0"}, "ms": 0.5}]})
+    assert other == Earlier([1.0, 2.0, 3.0])
     assert archs_sha256(validation_archs(space, 3, 1001)) != digest  # another seed: other networks
     cases = {
         "not JSON": ("{", "not JSON"),
@@ -109,8 +112,8 @@ def test_an_earlier_report_is_taken_only_for_the_same_networks_and_settings(tmp_
         "damaged": ({**good, "measured_ms": [1.0, "x", 3.0]}, "is not 3 positive numbers"),
         "short": ({**good, "measured_ms": [1.0, 2.0]}, "is not 3 positive numbers"),
         "references not a list": ({**good, "references": {}}, "references is not a list"),
-        "reference without time": ({**good, "references": [{"arch": probe.to_dict()}]}, "has no positive ms"),
-        "reference arch damaged": ({**good, "references": [{"arch": {"kind": "x"}, "ms": 1.0}]}, "references[0]"),
+        "reference without time": ({**good, "references": [{"arch": probe.to_dict()}]}, "with a positive ms"),
+        "reference not an arch": ({**good, "references": ["x"]}, "references[0] is not an arch with a positive ms"),
     }
     for case, (doc, says) in cases.items():
         with pytest.raises(HwnasError, match="--also") as e:

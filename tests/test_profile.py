@@ -609,16 +609,22 @@ def test_speed_factors_leave_what_they_cannot_judge_alone() -> None:
 
 
 def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None:
-    """A network whose rounds each ran half in a slow stretch: their medians read 1.5x high, their
-    10th percentiles the machine's own speed. A LUT read at p10 (the default) is the steady
-    machine's; one read at the median carries the stretch (what ``--reading median`` trades)."""
+    """A network whose rounds each ran half in a slow stretch: their medians read 1.5x high (its
+    blocks' too), their 10th percentiles the machine's own speed. A LUT read at p10 throughout is
+    the steady machine's; one read at the median carries the stretch (what ``--reading median``
+    trades), and so do the small blocks the default ``block_reading`` (``auto``) reads at the
+    median, in that network's contexts (the price of reading them finer)."""
     from hwnas.profiling.profile import assemble, space_meta
 
     sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
     steady = _in_rounds(_journal(work, true_ms, kernels, 0.002, True), 3, lambda pos, name: 1.0)
     victim = "net:calib-3"
-    half_slow = [{**r, "median_ms": str(1.5 * float(r["median_ms"]))} if r["name"] == victim else r for r in steady]
-    assert s.reading == "p10"
+    half_slow = [
+        {**r, "median_ms": str(1.5 * float(r["median_ms"]))} if r["name"].split("#")[0] == victim else r for r in steady
+    ]
+    assert s.reading == "p10" and s.block_reading == "auto"
+    auto = assemble(space_meta(sp), s, work, half_slow, {})
+    s = replace(s, block_reading="p10")
     clean = assemble(space_meta(sp), s, work, steady, {})
     lut = assemble(space_meta(sp), s, work, half_slow, {})
     assert lut.meta["reading"] == "p10" and lut.meta["reading_field"] == "p10_ms"
@@ -630,45 +636,81 @@ def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None
     truth = {n["name"]: n["measured_ms"] for n in clean.meta["model"]["nets"]}
     assert measured["calib-3"] == pytest.approx(1.5 * truth["calib-3"], rel=1e-6)
     assert by_median.meta["reading"] == "median"
+    # auto: the network itself is read at p10, its small blocks' contexts at the median
+    assert {n["name"]: n["measured_ms"] for n in auto.meta["model"]["nets"]}["calib-3"] == pytest.approx(
+        truth["calib-3"], rel=1e-6
+    )
+    assert auto.meta["block_reading"] == "auto"
 
 
 def test_blocks_inside_a_network_are_read_at_the_block_reading() -> None:
     """A block's time inside a network is read at ``block_reading``: by default (``auto``) at the
-    median where it is under 50 µs (the node profiler's whole microseconds put a small block's
-    10th percentile on its lowest value) and at ``reading`` (p10) above, while whole networks and
-    blocks alone keep ``reading``, and the machine's speed is judged from those."""
+    median where the block's median over its rounds is under 50 µs (the node profiler's whole
+    microseconds put a small block's 10th percentile on its lowest value), one choice for all its
+    rounds, and at ``reading`` (p10) above. Whole networks and blocks alone keep ``reading``, and
+    the machine's speed is judged from them; on torch (clock readings) ``auto`` is ``reading``."""
     from hwnas.profiling.profile import assemble, space_meta
 
     sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
-    assert (s.reading, s.block_reading) == ("p10", "auto")
+    assert (s.reading, s.block_reading, s.effective_block_reading) == ("p10", "auto", "auto")
+    assert replace(s, backend="torch").effective_block_reading == "p10"
     journal = _in_rounds(_journal(work, true_ms, kernels, 0.002, True), 3, lambda pos, name: 1.0)
 
-    def shifted(field: str, f: float, rows: list[dict[str, str]]) -> list[dict[str, str]]:
-        return [{**r, field: str(float(r[field]) * f)} if "#" in r["name"] else r for r in rows]
+    def scaled(rows: list[dict[str, str]], field: str, f: float, blocks: bool) -> list[dict[str, str]]:
+        return [{**r, field: str(float(r[field]) * f)} if ("#" in r["name"]) == blocks else r for r in rows]
 
-    rows = shifted("median_ms", 0.5, shifted("p10_ms", 0.5, journal))
-    blocks = [float(r["median_ms"]) for r in rows if "#" in r["name"]]
-    assert min(blocks) > 0 and max(blocks) < runner.COARSE_BELOW_MS  # all small: auto reads them at the median
-    big = shifted("median_ms", 1000.0, shifted("p10_ms", 1000.0, rows))  # all 50 µs or more: auto reads them at p10
-    for journal, block_field in ((rows, "median_ms"), (big, "p10_ms")):
-        for field, f in (("median_ms", 1.3), ("p10_ms", 0.7)):
-            by = runner.round_values(shifted(field, f, journal), reading="p10", block_reading="auto")
-            plain = runner.round_values(journal, reading="p10", block_reading="auto")
-            moves = field == block_field
-            for name, vs in by.items():  # only the read block rows move; job rows and speed factors not
-                assert vs == pytest.approx([v * (f if "#" in name and moves else 1.0) for v in plain[name]], rel=1e-9)
-    clean = assemble(space_meta(sp), s, work, rows, {})
+    # a round's median 5 % above its p10 everywhere (the spread of its runs); blocks all under 50 µs
+    small = scaled(scaled(scaled(journal, "p10_ms", 0.5, True), "median_ms", 0.525, True), "median_ms", 1.05, False)
+    big = scaled(scaled(small, "p10_ms", 1000.0, True), "median_ms", 1000.0, True)
+    assert max(float(r["median_ms"]) for r in small if "#" in r["name"]) < runner.COARSE_BELOW_MS
+    assert min(float(r["median_ms"]) for r in big if "#" in r["name"]) >= runner.COARSE_BELOW_MS
+
+    def as_timed(rows: list[dict[str, str]], field_of: Callable[[str], str]) -> dict[str, list[float]]:
+        by: dict[str, list[tuple[int, float]]] = {}
+        for r in rows:
+            by.setdefault(r["name"], []).append((int(r["round"]), float(r[field_of(r["name"])])))
+        return {n: [v for _, v in sorted(xs)] for n, xs in by.items()}
+
+    for rows, block_field in ((small, "median_ms"), (big, "p10_ms")):
+        got = runner.round_values(rows, steady=False, reading="p10", block_reading="auto")
+        assert got == as_timed(rows, lambda n, b=block_field: b if "#" in n else "p10_ms")
+        # the speed factors come from the job rows' p10: a round whose medians alone read slow (every
+        # job's, and the blocks') moves no job's value, only the blocks read at their median
+        steady = runner.round_values(rows, reading="p10", block_reading="auto")
+        slow = [{**r, "median_ms": str(1.3 * float(r["median_ms"]))} if r["round"] == "1" else r for r in rows]
+        moved = {n: vs[1] for n, vs in runner.round_values(slow, reading="p10", block_reading="auto").items()}
+        for name, vs in steady.items():
+            f = 1.3 if "#" in name and block_field == "median_ms" else 1.0
+            assert moved[name] == pytest.approx(vs[1] * f, rel=1e-9), name
+    # a block near 50 µs is read one way in all its rounds: its median over rounds decides
+    name = next(r["name"] for r in small if "#" in r["name"])
+    by_round = {0: 0.048, 1: 0.052, 2: 0.049}  # ms: one round above 50 µs, the median under
+    near = [{**r, "median_ms": str(by_round[int(r["round"])]), "p10_ms": str(0.9 * by_round[int(r["round"])])}
+            if r["name"] == name else r for r in small]  # fmt: skip
+    read = runner.round_values(near, steady=False, reading="p10", block_reading="auto")[name]
+    assert read == [0.048, 0.052, 0.049]
+
+    clean = assemble(space_meta(sp), s, work, small, {})
     assert clean.meta["block_reading"] == "auto" and clean.meta["reading"] == "p10"
     for field, block_reading, moves in (
         ("median_ms", "auto", True), ("p10_ms", "auto", False), ("median_ms", "median", True),
         ("p10_ms", "median", False), ("p10_ms", "p10", True), ("median_ms", "p10", False),
     ):  # fmt: skip
-        base = assemble(space_meta(sp), replace(s, block_reading=block_reading), work, rows, {})
-        lut = assemble(space_meta(sp), replace(s, block_reading=block_reading), work, shifted(field, 1.3, rows), {})
+        base = assemble(space_meta(sp), replace(s, block_reading=block_reading), work, small, {})
+        lut = assemble(
+            space_meta(sp), replace(s, block_reading=block_reading), work, scaled(small, field, 1.3, True), {}
+        )
         before, after = base.table.set_index("key"), lut.table.set_index("key")
-        moved = [k for k in keys if after.at[k, "profiled_ms"] != pytest.approx(before.at[k, "profiled_ms"], rel=1e-6)]
-        assert bool(moved) == moves, (field, block_reading)
+        moved_keys = [
+            k for k in keys if after.at[k, "profiled_ms"] != pytest.approx(before.at[k, "profiled_ms"], rel=1e-6)
+        ]
+        assert bool(moved_keys) == moves, (field, block_reading)
         assert list(after["isolated_ms"]) == pytest.approx(list(before["isolated_ms"]), rel=1e-9)  # alone: ``reading``
+        nets = [n["measured_ms"] for n in lut.meta["model"]["nets"]]  # whole networks: ``reading``
+        assert nets == pytest.approx([n["measured_ms"] for n in base.meta["model"]["nets"]], rel=1e-9)
+    # whole networks and blocks alone are read at ``reading``: their medians move nothing
+    lut = assemble(space_meta(sp), s, work, scaled(small, "median_ms", 1.3, False), {})
+    assert list(lut.table["latency_ms"]) == pytest.approx(list(clean.table["latency_ms"]), rel=1e-9)
     with pytest.raises(HwnasError, match="unknown block_reading 'mean'"):
         replace(s, block_reading="mean")
 

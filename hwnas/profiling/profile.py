@@ -95,7 +95,9 @@ class ProfileSettings:
     max_rounds: int = 5
     steady_pct: float = 2.0
     reading: str = runner.DEFAULT_READING  # the statistic of a round's runs that is its reading (runner.READINGS)
-    block_reading: str = runner.DEFAULT_BLOCK_READING  # the same for a block's runs inside a network
+    # the same for a block's runs inside a network ("auto": the median under 50 us, where ONNX
+    # Runtime's node profiler's whole microseconds are coarse; see effective_block_reading)
+    block_reading: str = runner.DEFAULT_BLOCK_READING
     calib_nets: int = 8  # random networks added to the probe networks for the whole-net model
     seed: int = 0  # picks the calibration networks
     timing: TimingSettings = field(default_factory=TimingSettings)
@@ -119,6 +121,13 @@ class ProfileSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def effective_block_reading(self) -> str:
+        """How block rows are read: ``block_reading``, except that ``"auto"`` means ``reading``
+        on torch, whose in-network times are clock readings, not ONNX Runtime's whole-µs node
+        profiler."""
+        return self.reading if self.block_reading == "auto" and self.backend != "onnxruntime" else self.block_reading
 
     @property
     def ort_spinning(self) -> bool:
@@ -267,7 +276,7 @@ def assemble(
 ) -> LUT:
     """Turn journal rows into a LUT: in-network figures per key (medians over networks, positions and
     rounds of each round's reading) and the fitted whole-net model."""
-    med = round_medians(rows, reading=s.reading, block_reading=s.block_reading)
+    med = round_medians(rows, reading=s.reading, block_reading=s.effective_block_reading)
     by_round: dict[str, list[dict[str, str]]] = defaultdict(list)
     for r in rows:
         by_round[r["name"]].append(r)
@@ -360,7 +369,7 @@ def assemble(
         **space_meta,
         "device_kind": s.device, "backend": s.backend, "provider": s.device if s.backend == "onnxruntime" else None,
         "threads": s.threads, "batch": s.batch, "rounds": s.rounds, "timing": asdict(s.effective_timing),
-        "reading": s.reading, "reading_field": runner.READINGS[s.reading], "block_reading": s.block_reading,
+        "reading": s.reading, "reading_field": runner.READINGS[s.reading], "block_reading": s.effective_block_reading,
         "unit": "ms", "keys": len(table),
         "machine_speed": runner.speed_spread(rows, s.reading),  # how far the machine's speed moved (corrected for)
         "model": {
@@ -688,7 +697,9 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir = out.with_name(out.name + ".work")
     for stale in out.parent.glob(f"{glob.escape(work_dir.name)}.done-*"):  # a kill while deleting a journal
         shutil.rmtree(stale, ignore_errors=True)
-    state = {"space": space_meta(space), "settings": s.to_dict(), "journal": runner.JOURNAL}
+    # block_reading says how rows are read into the LUT, not what is timed: a journal of either resumes
+    settings = {k: v for k, v in s.to_dict().items() if k != "block_reading"}
+    state = {"space": space_meta(space), "settings": settings, "journal": runner.JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
         diff = runner.differing(runner.read_json_object(state_file), state)

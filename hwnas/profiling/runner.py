@@ -25,7 +25,8 @@ Results are rows ``name, round, median_ms, p10_ms, p90_ms, runs[, kernels]`` app
 CSV (``kernels``: for a block inside a network, how many kernels ONNX Runtime ran for it), in the
 order they ran; a killed run resumes where it stopped (finished rows are never redone). Reading
 them, a round's *reading* is one statistic of its runs (``READINGS``: the 10th percentile by
-default), divided by the machine's speed when it was timed (``speed_factors``).
+default; a block inside a network can be read another way, ``BLOCK_READINGS``), divided by the
+machine's speed when it was timed (``speed_factors``).
 """
 
 from __future__ import annotations
@@ -54,9 +55,8 @@ import onnxruntime as ort
 MANIFEST = "manifest.json"
 # How a journal's block rows are read; a journal of another kind is not resumed (its rows would
 # mix with ours in one LUT). 2: kernels ONNX Runtime inserts are charged to blocks (block_kernels).
-# 3: block rows read at ProfileSettings.block_reading ("auto": the median under 50 us; p10 before).
 # A profile records it in its state.json, the standalone runner in its results' .info.json.
-JOURNAL = 3
+JOURNAL = 2
 RESULT_FIELDS = ("name", "round", "median_ms", "p10_ms", "p90_ms", "runs")  # every row has them
 OPTIONAL_FIELDS = ("kernels",)  # block rows from ONNX Runtime's profiler; absent in older files
 NODE_SCOPE = re.compile(r"/nodes\.(\d+)/")
@@ -76,7 +76,8 @@ SPEED_WINDOW = 5
 READINGS = {"p10": "p10_ms", "median": "median_ms"}
 DEFAULT_READING = "p10"
 # The reading of a block's time inside a network (a profile's ``net#i`` rows): a key of READINGS,
-# or "auto", the median where the block's median is under COARSE_BELOW_MS and ``reading`` above.
+# or "auto", the median where the block's median (over its rounds, as timed) is under
+# COARSE_BELOW_MS and ``reading`` above, one choice per block for all its rounds.
 # ONNX Runtime's node profiler reports each kernel in whole microseconds, and DARTS @ 32 blocks
 # run in 1-20 us, so such a block's runs take a few integer values: their 10th percentile sits on
 # the lowest, their median nearer the block's time. On a quiet machine (4 December 2026, 18:15
@@ -604,8 +605,9 @@ def round_values(
 
     A round's reading is the statistic ``reading`` of its runs (``READINGS``: ``p10``, the
     default, or ``median``); a block row's (``net#i``, a block's time inside a network) is
-    ``block_reading`` of its runs (``BLOCK_READINGS``; ``"auto"``: the median where that is under
-    ``COARSE_BELOW_MS``, else ``reading``; None: ``reading``). With ``steady`` (the default) each is
+    ``block_reading`` of its runs (``BLOCK_READINGS``; ``"auto"``: the median where the block's
+    median over its rounds is under ``COARSE_BELOW_MS``, else ``reading``; None: ``reading``).
+    With ``steady`` (the default) each is
     divided by the machine's speed when it was timed (:func:`speed_factors` of the job rows'
     ``reading`` in file order, which is the order they ran; a block row takes its job's factor),
     so an episode of a slower machine does not count as the model's own time. ``steady=False``:
@@ -613,14 +615,18 @@ def round_values(
     """
     field = _field(reading)
     block_field = _field(reading if block_reading in (None, "auto") else block_reading)
-    median = _field("median")
+    fine: set[str] = set()  # blocks "auto" reads at the median: one choice per block, not per round
+    if block_reading == "auto":
+        medians: dict[str, list[float]] = defaultdict(list)
+        for r in rows:
+            if "#" in r["name"]:
+                medians[r["name"]].append(float(r["median_ms"]))
+        fine = {n for n, xs in medians.items() if statistics.median(xs) < COARSE_BELOW_MS}
 
     def value(r: dict[str, str]) -> float:
         if "#" not in r["name"]:
             return float(r[field])
-        if block_reading == "auto" and float(r[median]) < COARSE_BELOW_MS:
-            return float(r[median])
-        return float(r[block_field])
+        return float(r["median_ms" if r["name"] in fine else block_field])
 
     jobs = [r for r in rows if "#" not in r["name"]]
     factors = speed_factors([r["name"] for r in jobs], [float(r[field]) for r in jobs]) if steady else [1.0] * len(jobs)
