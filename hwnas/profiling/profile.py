@@ -34,8 +34,8 @@ shuffled order per round). A round's *reading* of a model is the 10th percentile
 for part of a round, which moves a round's median but not its fast tail. A block's time inside a
 network is read at the median of its profiled runs where it is under 50 µs (``block_reading``
 ``"auto"``, :data:`hwnas.profiling.runner.COARSE_BELOW_MS`: the node profiler reports whole
-microseconds). Each figure is the
-median over rounds of the readings, each divided first by the machine's speed when it was timed
+microseconds). Each figure is the median over rounds of the readings, each divided first by the
+machine's speed when it was timed
 (:func:`hwnas.profiling.runner.speed_factors`: a shared machine runs in episodes of seconds 1.5x
 slower, which hit every model timed meanwhile alike). After ``rounds`` rounds, more are timed, up
 to ``max_rounds``, while a whole network's median is uncertain by more than ``steady_pct``
