@@ -68,12 +68,12 @@ def main() -> None:
         t0 = time.perf_counter()
         lut = profile(sp, s, path)
         secs = time.perf_counter() - t0
-        f = fidelity(sp, lut, a.nets, a.seed, replace(s, rounds=a.measure_rounds))
+        archs = validation_archs(sp, a.nets, a.seed)
+        f = fidelity(sp, lut, archs, replace(s, rounds=a.measure_rounds))
         r = f.summary()
         r.update(config=cfg, profile_seconds=round(secs, 1), keys=len(lut.table))
         # each network's figures, for re-reading later without timing again, and for `hwnas
         # validate-lut --also` (archs_sha256 and target: which networks, measured how)
-        archs = validation_archs(sp, a.nets, a.seed)
         nets = {"seed": a.seed, **report_fields(sp, archs, s), **f.record()}
         path.with_name(path.stem + ".validation.json").write_text(json.dumps(nets))
         if a.repeat:

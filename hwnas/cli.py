@@ -836,7 +836,8 @@ def validate_lut(
     m = table.meta
     sp = space_from_meta({**m, "space_source": space} if space else m)  # --space: the LUT's space, another file
     s = settings_from_lut(table, rounds=rounds or max(VALIDATION_ROUNDS, int(table.meta.get("rounds", 3))))
-    recorded = report_fields(sp, validation_archs(sp, nets, seed), s)
+    archs = validation_archs(sp, nets, seed)
+    recorded = report_fields(sp, archs, s)
     seen: set[Path] = set()
     for p in also or []:
         if p.resolve() in seen:
@@ -851,7 +852,7 @@ def validate_lut(
     if note:
         err.print(note, highlight=False)
     with progress_bar(f"measure {nets} nets") as update:
-        f = fidelity(sp, table, nets, seed, s, update)
+        f = fidelity(sp, table, archs, s, update)
     r = f.summary()
     combined = f.against(earlier, table, sp) if earlier else None
     t = Table(title=f"LUT fidelity: {table.describe()}")

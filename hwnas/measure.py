@@ -513,18 +513,20 @@ def _read_references(path: Path, refs: Any) -> tuple[tuple[Arch, float], ...]:
 
 
 def fidelity(
-    space: Space, lut: LUT, n: int, seed: int, s: ProfileSettings, progress: Progress | None = None
+    space: Space, lut: LUT, archs: Sequence[Arch], s: ProfileSettings, progress: Progress | None = None
 ) -> Fidelity:
-    """Sample ``n`` random archs of ``space`` (seeded), predict with ``lut``, measure each.
+    """Predict ``archs`` of ``space`` (a report's random networks: :func:`validation_archs`) with
+    ``lut`` and measure each.
 
     The LUT's reference networks (:func:`reference_nets`) are measured in the same rounds to
     estimate the machine's drift.
     ``measured`` is corrected for the machine's changing speed (:func:`measure_rounds`);
     ``measured_as_timed`` / ``repeat_as_timed`` are the same rounds without that correction.
     """
+    n = len(archs)
     if n < 3:
         raise HwnasError(f"--nets must be at least 3 for rank correlations, got {n}")
-    archs = validation_archs(space, n, seed)
+    archs = list(archs)
     predicted = [lut.predict(a).total_ms for a in archs]  # fails before measuring if keys are missing
     refs = reference_nets(space, lut)
     rounds, timed = measure_rounds_both(archs + [a for a, _ in refs], s, progress)

@@ -162,7 +162,7 @@ def test_fidelity_reads_the_networks_through_the_speed_correction(
         return rows
 
     monkeypatch.setattr(runner, "time_job_rows", timed)
-    f = hwnas.measure.fidelity(space, tiny_lut, 12, 7, fast_settings(rounds=3))
+    f = hwnas.measure.fidelity(space, tiny_lut, validation_archs(space, 12, 7), fast_settings(rounds=3))
     r = f.summary()
     assert r["mape_pct"] < 1e-6 and r["drift"] == pytest.approx(1.0)
     assert len(f.references) == len(reference_nets(space, tiny_lut)) and f.drift_for(tiny_lut, space) == f.drift
