@@ -612,8 +612,8 @@ def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None
     """A network whose rounds each ran half in a slow stretch: their medians read 1.5x high (its
     blocks' too), their 10th percentiles the machine's own speed. A LUT read at p10 throughout is
     the steady machine's; one read at the median carries the stretch (what ``--reading median``
-    trades), and so do the small blocks the default ``block_reading`` (``auto``) reads at the
-    median, in that network's contexts (the price of reading them finer)."""
+    trades), and so does a block read at its median (``block_reading``: ``median``, or ``auto``
+    for a block under 50 µs), in that network's contexts (the price of reading it finer)."""
     from hwnas.profiling.profile import assemble, space_meta
 
     sp, s, work, keys, true_ms, kernels = _synthetic_space("tiny", 5)
@@ -641,6 +641,10 @@ def test_a_stretch_of_slow_runs_within_rounds_does_not_reach_a_p10_lut() -> None
         truth["calib-3"], rel=1e-6
     )
     assert auto.meta["block_reading"] == "auto"
+    # a block read at its median carries the stretch (the price of reading small blocks finer)
+    block = next(n for n in runner.round_medians(steady) if n.startswith(victim + "#"))
+    slow_blocks = runner.round_medians(half_slow, block_reading="median")
+    assert slow_blocks[block] == pytest.approx(1.5 * runner.round_medians(steady, block_reading="median")[block])
 
 
 def test_blocks_inside_a_network_are_read_at_the_block_reading() -> None:
