@@ -108,7 +108,7 @@ def main() -> None:
         err = np.abs(pred * float(np.median(both / pred)) / both - 1) * 100
         rows.append((min(one), max(one), spearman(pred, both), err.mean(), err.max(), (err <= 5).mean() * 100))
         r = rows[-1]
-        at = at_profile_speed(ms, [e.drift(lut, sp) for e in reports.values()])
+        at = at_profile_speed(ms, [e.drift_for(lut, sp) for e in reports.values()])
         read = f"{np.mean(np.abs(pred / np.array(at) - 1)) * 100:6.2f}%" if at is not None else "n/a"
         print(f"{p!s:<48} {f4(r[0]):>8} {f4(r[1]):>8} {f4(r[2]):>8} {r[3]:6.2f}% {r[4]:6.1f}% {r[5]:5.0f}% {read:>10}")
     x = np.array(rows)

@@ -241,9 +241,9 @@ class Earlier:
     measured: list[float]
     references: tuple[tuple[Arch, float], ...] = ()
 
-    def drift(self, lut: LUT, space: Space) -> float | None:
-        """This occasion's drift since ``lut``'s profile (:func:`drift_against`; None when it timed
-        none of ``lut``'s reference networks)."""
+    def drift_for(self, lut: LUT, space: Space) -> float | None:
+        """This occasion's drift since ``lut``'s profile, as :meth:`Fidelity.drift_for` reads it
+        (:func:`drift_against`; None when it timed none of ``lut``'s reference networks)."""
         return drift_against(self.references, lut, space)
 
 
@@ -286,16 +286,17 @@ class Fidelity:
         is read on every occasion (``level``: :data:`LEVEL_EVERY`, with ``drifts``); otherwise
         the predictions are scaled by this measurement's drift alone, as in :meth:`summary`
         (``level``: :data:`LEVEL_THIS`)."""
-        ms = [self.measured, *(e.measured for e in earlier)]
+        occasions = [self, *earlier]
+        ms = [o.measured for o in occasions]
         p, m = np.array(self.predicted), np.array(combine(ms))
         out: dict[str, Any] = {"agreement": agreement(ms), **_stats(p, m)}
-        drifts = [self.drift, *(e.drift(lut, space) for e in earlier)]
+        drifts = [o.drift_for(lut, space) for o in occasions]  # each read the same way
         at_profile = at_profile_speed(ms, drifts)
         if at_profile is not None:
             out["corrected"] = _stats(p, np.array(at_profile))
             out["level"] = {"from": LEVEL_EVERY, "drifts": drifts}
-        elif self.drift is not None:
-            out["corrected"] = _stats(p * self.drift, m)
+        elif drifts[0] is not None:
+            out["corrected"] = _stats(p * drifts[0], m)
             out["level"] = {"from": LEVEL_THIS, "drifts": drifts}
         return out
 
