@@ -196,7 +196,7 @@ def profile(
             "--max-rounds",
             min=1,
             max=50,
-            help="Then more rounds, up to this many, while a whole network's median over rounds is uncertain by "
+            help="Then more rounds of the networks, up to this many, while a whole network's median over rounds is uncertain by "
             "more than steady_pct (2 %; a noisy machine). Default 5; at --rounds or below, exactly --rounds.",
         ),
     ] = None,

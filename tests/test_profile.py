@@ -856,11 +856,11 @@ def _noisy_loaders(noise_pct: float, loads: dict[str, int]):
         return rng.lognormvariate(0.0, noise_pct / 100)
 
     def load_op(call):
-        return _Noisy(ms_of(call.key), {}, factor(call.key))
+        return _Noisy(ms_of(call.key), {}, factor(f"op:{call.key}"))
 
     def load_net(arch):
         blocks = {i: ms_of(n.call.key) for i, n in enumerate(arch.plan.nodes) if n.call.priced}
-        return _Noisy(0.05 + sum(blocks.values()), blocks, factor(arch.to_json()))
+        return _Noisy(0.05 + sum(blocks.values()), blocks, factor(f"net:{arch.to_json()}"))
 
     return lambda s: (load_op, load_net)
 
@@ -869,16 +869,27 @@ def _noisy_loaders(noise_pct: float, loads: dict[str, int]):
 def test_a_noisy_machine_gets_more_rounds_and_a_quiet_one_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noise_pct: float, rounds: int, steady: bool
 ) -> None:
-    """After ``rounds`` rounds a profile times more, up to ``max_rounds``, while a whole network's
-    median is uncertain by more than ``steady_pct``; the metadata says how many it took and why."""
+    """After ``rounds`` rounds a profile times more rounds of its networks (the blocks alone keep
+    their ``rounds``), up to ``max_rounds``, while a whole network's median is uncertain by more
+    than ``steady_pct``; the metadata says how many it took and why; one progress bar counts every
+    job-round once, in order."""
     import hwnas.profiling.profile as prof
 
     loads: dict[str, int] = {}
+    seen: list[tuple[int, int]] = []
     monkeypatch.setattr(prof, "loaders", _noisy_loaders(noise_pct, loads))
     s = fast_settings(rounds=3, max_rounds=5)
-    lut = profile(load_space("tiny"), s, tmp_path / "lut.csv")
+    sp = load_space("tiny")
+    work = plan_work(sp, s)
+    lut = profile(sp, s, tmp_path / "lut.csv", lambda done, total, name: seen.append((done, total)))
     spread = lut.meta["round_spread"]
-    assert lut.meta["rounds"] == spread["rounds"] == rounds and set(loads.values()) == {rounds}
+    assert lut.meta["rounds"] == spread["rounds"] == rounds
+    assert {n: c for n, c in loads.items() if n.startswith("op:")} == {f"op:{c.key}": 3 for c in work.ops.values()}
+    assert {n: c for n, c in loads.items() if n.startswith("net:")} == {
+        f"net:{a.to_json()}": rounds for a in work.nets.values()
+    }
+    timed = 3 * len(work.ops) + rounds * len(work.nets)
+    assert [d for d, _ in seen] == list(range(1, timed + 1)) and seen[-1][1] == timed
     assert spread["steady"] is steady and (spread["se_pct"] <= 2.0) is steady
     assert spread["min_rounds"] == 3 and spread["max_rounds"] == 5 and spread["steady_pct"] == 2.0
     assert spread["sd_pct"] == pytest.approx(noise_pct, abs=0.5 + 0.3 * noise_pct)
@@ -893,10 +904,11 @@ def test_an_interrupted_extra_round_resumes_to_the_same_rounds(tmp_path: Path, m
 
     monkeypatch.setattr(prof, "loaders", _noisy_loaders(10.0, {}))
     sp, s, out = load_space("tiny"), fast_settings(rounds=3, max_rounds=5), tmp_path / "lut.csv"
-    jobs = len(plan_work(sp, s).jobs(lambda c: None, lambda a: None))
+    work = plan_work(sp, s)
+    jobs, nets = len(work.ops) + len(work.nets), len(work.nets)
 
     def interrupt(done: int, total: int, name: str) -> None:
-        if total == 4 * jobs and done == 3 * jobs + 2:
+        if total == 3 * jobs + nets and done == 3 * jobs + 2:  # in round 4, which times the networks only
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -904,4 +916,4 @@ def test_an_interrupted_extra_round_resumes_to_the_same_rounds(tmp_path: Path, m
     assert not out.exists()
     lut = profile(sp, s, out)
     assert lut.meta["resumed"] is True and lut.meta["rounds"] == 5
-    assert lut.meta["job_rounds_timed_last_run"] == 5 * jobs - (3 * jobs + 2)
+    assert lut.meta["job_rounds_timed_last_run"] == 3 * jobs + 2 * nets - (3 * jobs + 2)

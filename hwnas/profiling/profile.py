@@ -37,9 +37,9 @@ network is read at the median of its profiled runs where it is under 50 µs (``b
 microseconds). Each figure is the median over rounds of the readings, each divided first by the
 machine's speed when it was timed
 (:func:`hwnas.profiling.runner.speed_factors`: a shared machine runs in episodes of seconds 1.5x
-slower, which hit every model timed meanwhile alike). After ``rounds`` rounds, more are timed, up
-to ``max_rounds``, while a whole network's median is uncertain by more than ``steady_pct``
-(:func:`steady_rounds`).
+slower, which hit every model timed meanwhile alike). After ``rounds`` rounds, more rounds of
+the networks are timed, up to ``max_rounds``, while a whole network's median is uncertain by more
+than ``steady_pct`` (:func:`steady_rounds`).
 Results go to a journal in ``<out>.work/`` as they come, so an interrupted profile resumes where
 it stopped; the LUT is written only when complete, atomically.
 """
@@ -91,7 +91,13 @@ class ProfileSettings:
     batch: int = 1
     rounds: int = 3  # time-separated rounds; a figure is the median over rounds of each round's reading
     # then more rounds, up to max_rounds, while a whole network's median over the rounds is uncertain by more
-    # than steady_pct (its standard error, from how far the networks move from round to round: steady_rounds)
+    # than steady_pct (its standard error, from how far the networks move from round to round: steady_rounds).
+    # Those extra rounds time the networks only: on 4 December 2026 a quiet machine's ProxylessNAS @ 224
+    # networks moved 3-4.6 % from round to round and took 5 rounds, 56 s (the target is 60), of which the
+    # blocks alone were 4.2 s a round. Re-read from five stored 5-round journals (three ProxylessNAS @ 224,
+    # two DARTS @ 32) without the blocks alone in rounds 4-5, the LUTs ranked 50 networks as well
+    # (Spearman 0.9948 / 0.9950 / 0.9950 against 0.9943 / 0.9948 / 0.9951; 0.9920 / 0.9891 against
+    # 0.9920 / 0.9878) and moved 0.2-1.9 % in level, as much as stopping at 3 rounds moved them
     max_rounds: int = 5
     steady_pct: float = 2.0
     reading: str = runner.DEFAULT_READING  # the statistic of a round's runs that is its reading (runner.READINGS)
@@ -670,10 +676,11 @@ def steady_rounds(rows: list[dict[str, str]], s: ProfileSettings, work: Work, ro
     (:func:`hwnas.profiling.runner.round_spread_pct`, over the profile's networks); ``se_pct``:
     the standard error of a network's median over ``rounds`` such readings (``1.2533 sd /
     sqrt(rounds)``, as for normal noise). ``steady`` when ``se_pct <= s.steady_pct``, or when
-    there is no spread to judge. On a quiet machine a network should move about 1 % from round
-    to round (an estimate from a validation of 2 December 2026) and 3 rounds be enough; on a
-    shared VM (3 December 2026) 2-14 %, and profiles timed in 5-6 rounds predicted better on
-    average and agreed better with each other (``bench/RESULTS.md``).
+    there is no spread to judge. On a quiet VM (4 December 2026) DARTS @ 32 networks moved under
+    1 % from round to round and 3 rounds were enough; ProxylessNAS @ 224 networks moved 2-4.6 %
+    (each round's fresh session places its memory anew) and took 3-5. On a shared VM (3 December
+    2026) networks moved 2-14 %, and profiles timed in 5-6 rounds predicted better on average and
+    agreed better with each other (``bench/RESULTS.md``).
     """
     sd = runner.round_spread_pct([r for r in rows if int(r["round"]) < rounds], work.nets, s.reading)
     se = None if sd is None else float(1.2533 * sd / np.sqrt(rounds))
@@ -726,9 +733,17 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     rounds = s.rounds
     timed = runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
     spread = steady_rounds(read_rows(results), s, work, rounds)
+    # Rounds beyond s.rounds time the networks only (whole, and their blocks inside them): the rule
+    # asks for them because whole networks move, and the LUT's prices are the blocks' in-network
+    # times. A block alone is a reference figure and a probe of the machine's speed, which the
+    # networks' rows also give (see ProfileSettings.max_rounds).
+    nets = [j for j in jobs if j.kind == "net"]
+    done = rounds * len(jobs)
     while rounds < s.max_rounds and not spread["steady"]:
         rounds += 1  # a resumed profile takes the same decisions: on the same rows, rounds already timed are kept
-        timed += runner.run_jobs(jobs, rounds, s.effective_timing, results, progress)
+        step = None if progress is None else _after(progress, done)
+        timed += runner.run_jobs(nets, rounds, s.effective_timing, results, step, first_round=rounds - 1)
+        done += len(nets)
         spread = steady_rounds(read_rows(results), s, work, rounds)
     rows = [r for r in read_rows(results) if int(r["round"]) < rounds]
     extra = {
@@ -743,6 +758,12 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir.rename(done)
     shutil.rmtree(done, ignore_errors=True)
     return lut
+
+
+def _after(progress: Progress, done: int) -> Progress:
+    """``progress`` for a later call of the job loop: its job-rounds counted after ``done`` earlier
+    ones, so that one bar runs on through a profile's extra rounds."""
+    return lambda k, total, name: progress(done + k, done + total, name)
 
 
 # -- the standalone runner's side -----------------------------------------------------------

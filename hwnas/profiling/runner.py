@@ -469,12 +469,15 @@ def run_jobs(
     results: Path,
     progress: Callable[[int, int, str], None] | None = None,
     fresh: bool = True,
+    first_round: int = 0,
 ) -> int:
-    """Time every job for ``rounds`` rounds, appending rows to ``results``; resumable.
+    """Time every job in rounds ``first_round`` to ``rounds - 1``, appending rows to ``results``;
+    resumable.
 
     A job's rows for a round are written together after it finished, so a round is either wholly
-    recorded or redone. ``progress(done, total, name)`` is called after each job-round.
-    Returns how many job-rounds were timed (not skipped as already done).
+    recorded or redone. ``progress(done, total, name)`` is called after each job-round (``total``:
+    the job-rounds of this call). Returns how many job-rounds were timed (not skipped as already
+    done).
 
     With ``fresh`` (the default) every round loads its model anew (a new session, new buffers):
     one session's memory placement can make it a few percent faster or slower than another's
@@ -482,9 +485,9 @@ def run_jobs(
     """
     done = {(r["name"], int(r["round"])) for r in read_rows(results)}
     loaded: dict[str, Timed] = {}
-    total = rounds * len(jobs)
+    total = (rounds - first_round) * len(jobs)
     k = timed = 0
-    for rnd in range(rounds):
+    for rnd in range(first_round, rounds):
         order = list(jobs)
         random.Random(rnd).shuffle(order)  # seeded: a resumed run walks the same order
         for job in order:
