@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--measure-rounds", type=int, default=VALIDATION_ROUNDS, help="rounds for each validation network")
     ap.add_argument("--rounds", type=int, default=None, help="profile rounds (default: hwnas profile's)")
     ap.add_argument("--calib-nets", type=int, default=None, help="profile calibration nets (default: hwnas profile's)")
+    ap.add_argument("--refit-nets", type=int, default=None, help="profile refit nets (default: hwnas profile's)")
     ap.add_argument("--out", type=Path, default=Path("bench/out"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +63,7 @@ def main() -> None:
         sp = load_space(name, input_size=int(size))
         s = ProfileSettings(threads=int(threads))
         s = replace(s, rounds=a.rounds or s.rounds, calib_nets=s.calib_nets if a.calib_nets is None else a.calib_nets)
+        s = replace(s, refit_nets=s.refit_nets if a.refit_nets is None else a.refit_nets)
         path = a.out / f"{name}-{size}-t{threads}.csv"
         for p in (path, path.with_name(path.stem + ".meta.json")):
             p.unlink(missing_ok=True)

@@ -12,7 +12,9 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
     and ``meta["reading"]`` above it, the 10th percentile or the median), less what the
     node profiler adds per kernel (``meta["model"]["kernel_ms"]``), blended with
     ``isolated_ms`` by ``meta["model"]["isolated_share"]`` where the profile's fit chose that
-    (:func:`hwnas.profiling.profile.fit_whole`; 0 in LUTs written before it)
+    (:func:`hwnas.profiling.profile.fit_whole`; 0 in LUTs written before it), and moved by
+    ``meta["model"]["refit"]["delta_ms"]["main"]`` where the profile timed refit networks
+    (:func:`hwnas.profiling.profile.refit_prices`; not below 0)
 ``isolated_ms, isolated_p10_ms, isolated_p90_ms``
     the block timed alone in a loop (its reading as above; the median over rounds of each
     round's 10th and 90th percentile)
@@ -22,13 +24,14 @@ A LUT is a CSV (one row per op call, keyed by :attr:`hwnas.ops.OpCall.key`) plus
     for a key priced by its role (:func:`hwnas.arch.role_priced`), its figures where ONNX Runtime
     runs part or all of its work inside another node's kernel (the "shared" role of
     :meth:`hwnas.arch.Plan.roles`, which lists the cases; ``shared_ms`` blended with
-    ``isolated_ms`` as ``latency_ms`` is);
+    ``isolated_ms`` and refitted as ``latency_ms`` is, from the ``"shared"`` corrections);
     ``latency_ms`` etc. are then the key's figures where it runs on its own. Empty for other keys
     and where the profile saw only one role.
 
 Prediction of a network: ``scale * sum(latency_ms of its blocks) + overhead_ms`` (``shared_ms``
 for a block whose role is shared, where the table has it), with ``scale``
-and ``overhead_ms`` fitted by least squares on whole-network measurements of the probe networks
+and ``overhead_ms`` fitted by least squares on whole-network measurements of the probe and
+calibration networks, and refitted with the prices where the profile timed refit networks
 (``meta["model"]``). All latencies are milliseconds at the LUT's batch size.
 """
 
@@ -38,7 +41,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -273,15 +276,21 @@ class LUT:
         return lut
 
 
-def block_prices(plan: Plan, main: Mapping[str, float], shared: Mapping[str, float]) -> list[tuple[Node, float]]:
-    """Each priced node of ``plan`` with its figure: ``shared[key]`` where the node's role
-    (:meth:`hwnas.arch.Plan.roles`) is shared and the table has the key in that role, else
-    ``main[key]``. How a LUT prices a network, and how a profile sums its networks' blocks."""
+def block_columns(plan: Plan, shared: Container[str]) -> list[tuple[Node, str]]:
+    """Each priced node of ``plan`` with the price it takes: ``"shared"`` (the key's
+    ``shared_ms``) where the node's role (:meth:`hwnas.arch.Plan.roles`) is shared and the keys
+    ``shared`` have a price in that role, else ``"main"`` (its ``latency_ms``)."""
     return [
-        (n, shared[n.call.key] if r == "shared" and n.call.key in shared else main[n.call.key])
+        (n, "shared" if r == "shared" and n.call.key in shared else "main")
         for n, r in zip(plan.nodes, plan.roles(), strict=True)
         if n.call.priced
     ]
+
+
+def block_prices(plan: Plan, main: Mapping[str, float], shared: Mapping[str, float]) -> list[tuple[Node, float]]:
+    """Each priced node of ``plan`` with its figure (:func:`block_columns`: ``shared[key]`` or
+    ``main[key]``). How a LUT prices a network, and how a profile sums its networks' blocks."""
+    return [(n, (shared if c == "shared" else main)[n.call.key]) for n, c in block_columns(plan, shared)]
 
 
 def _check_meta(meta: dict[str, Any], mp: Path) -> None:

@@ -12,7 +12,7 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from hwnas.cli import app
-from hwnas.lut import meta_path
+from hwnas.lut import LUT, meta_path
 from hwnas.measure import combine
 
 runner = CliRunner()
@@ -336,6 +336,8 @@ def test_every_shipped_target_profile_loads(target: Path) -> None:
      ("[timing]\nmax_runs = 0", "timing.max_runs must be a whole number >= 1"),
      ("batch = 100000", "batch must be an integer <= 4096"),
      ("max_rounds = 0", "max_rounds must be an integer >= 1"),
+     ("refit_nets = -1", "refit_nets must be an integer >= 0"),
+     ("refit_nets = 5000", "refit_nets must be an integer <= 2000"),
      ("steady_pct = 0", "steady_pct must be a number above 0 (percent)"),
      ("steady_pct = \"2\"", "steady_pct must be a number above 0 (percent)")],
 )  # fmt: skip
@@ -569,3 +571,12 @@ def test_measure_times_several_models_in_the_same_rounds(
     bad.write_text("{")
     assert "bad.json" in one_line_error(run("measure", archs[0], bad, "--lut", tiny_lut_path))
     assert len(seen) == 2, "nothing is timed when a file is bad"
+
+
+def test_profile_says_what_its_refit_did(tmp_path: Path, fast_target: Path) -> None:
+    res = run("profile", "--space", "tiny", "--target", fast_target, "--refit-nets", "10", "--out", tmp_path / "x.csv")
+    assert res.exit_code == 0, res.output
+    assert "refit on 12 random networks timed whole: prices" in res.output  # and the 2 calibration networks
+    assert LUT.load(tmp_path / "x.csv").meta["refit_nets"] == 10
+    res = run("profile", "--space", "tiny", "--refit-nets", "-1", "--out", tmp_path / "y.csv")
+    assert res.exit_code == 2 and not (tmp_path / "y.csv").exists()

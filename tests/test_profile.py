@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +21,24 @@ import numpy as np
 import pytest
 import torch
 from conftest import fast_settings
+from scipy.stats import spearmanr
 
 from hwnas.errors import HwnasError
-from hwnas.lut import LUT
+from hwnas.lut import LUT, block_columns, block_prices
 from hwnas.profiling import runner
-from hwnas.profiling.profile import emit_onnx, import_results, plan_work, profile
+from hwnas.profiling.profile import (
+    REFIT_FOLDS,
+    REFIT_LAMBDAS,
+    ProfileSettings,
+    calibration_archs,
+    emit_onnx,
+    import_results,
+    plan_work,
+    profile,
+    refit_prices,
+)
 from hwnas.profiling.runner import Job, TimingSettings, read_rows
-from hwnas.space import load_space
+from hwnas.space import Space, load_space
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,8 +199,10 @@ def test_hard_kill_then_resume(tmp_path: Path, fast_target: Path) -> None:
 def test_standalone_runner_round_trip(tmp_path: Path) -> None:
     sp = load_space("tiny_darts")
     folder = tmp_path / "ops"
-    n = emit_onnx(sp, fast_settings(), folder)
+    n = emit_onnx(sp, fast_settings(refit_nets=10), folder)
     assert n == len(list(folder.glob("*.onnx")))
+    kinds = Counter(m["kind"] for m in json.loads((folder / "manifest.json").read_text())["models"])
+    assert kinds["model"] == 10, "the refit networks go to the board too, to be timed whole"
     # the runner needs neither torch nor hwnas: run the profilers/ copy with torch made unimportable
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
     shadow = tmp_path / "shadow"
@@ -205,6 +219,7 @@ def test_standalone_runner_round_trip(tmp_path: Path) -> None:
     lut = import_results(folder / "times.csv", tmp_path / "lut.csv")
     assert sorted(lut.table["key"]) == sorted(c.key for c in sp.calls())
     assert lut.meta["imported_from"].endswith("times.csv")
+    assert lut.meta["refit_nets"] == 10 and lut.meta["model"]["refit"]["nets"] == 10 + 2  # and the 2 calibration nets
     assert lut.table["kernels"].notna().any(), "the board's runner records kernels per block too"
     assert lut.meta["settings"]["onnxruntime"]["inserted_kernels"] == "charged to the block that runs next"
     # a runner from before inserted kernels were charged: its LUT says they were left out
@@ -917,3 +932,121 @@ def test_an_interrupted_extra_round_resumes_to_the_same_rounds(tmp_path: Path, m
     lut = profile(sp, s, out)
     assert lut.meta["resumed"] is True and lut.meta["rounds"] == 5
     assert lut.meta["job_rounds_timed_last_run"] == 3 * jobs + 2 * nets - (3 * jobs + 2)
+
+
+def _priced(space: Space, n: int, seed: int) -> tuple[list, dict[str, float]]:
+    """``n`` random networks of ``space`` and a price per key (ms, 0.01-0.05, from its hash)."""
+    rng = random.Random(seed)
+    archs = [space.sample(rng) for _ in range(n)]
+    prices = {
+        c.key: 0.01 + int(hashlib.sha256(c.key.encode()).hexdigest()[:4], 16) / 65536 * 0.04 for c in space.calls()
+    }
+    return archs, prices
+
+
+def _whole(arch, main: dict[str, float], shared: dict[str, float]) -> float:
+    return 0.05 + sum(ms for _, ms in block_prices(arch.plan, main, shared))
+
+
+@pytest.mark.parametrize("space", ["tiny", "tiny_darts"])
+def test_refit_moves_a_mispriced_key_towards_what_whole_networks_take(space: str) -> None:
+    """Where the node profiler mispriced a key, random networks timed whole refit it: the key's
+    price moves towards its true one and unseen networks are predicted and ranked better; a
+    price the networks agree with is left (nearly) alone."""
+    sp = load_space(space)
+    archs, true = _priced(sp, 80, 5)
+    per_net = [Counter(n.call.key for n, _ in block_columns(a.plan, {})) for a in archs]
+    varied = max(true, key=lambda k: np.var([c[k] for c in per_net]))  # a key whose count varies most
+    lut = {**true, varied: 3 * true[varied]}  # the profile read this key 3x too slow
+    ys = np.array([_whole(a, true, {}) for a in archs])
+    fit = refit_prices(lut, {}, 1.0, 0.05, archs, ys)
+    assert fit["chosen"] != "none" and fit["cv_spearman"][fit["chosen"]] > fit["cv_spearman"]["none"]
+    new = {k: max(0.0, v + fit["delta_ms"]["main"].get(k, 0.0)) for k, v in lut.items()}
+    assert abs(new[varied] - true[varied]) < 0.5 * abs(lut[varied] - true[varied])
+    unseen, _ = _priced(sp, 40, 6)
+    truth = np.array([_whole(a, true, {}) for a in unseen])
+    before = np.array([_whole(a, lut, {}) for a in unseen])
+    after = np.array([fit["scale"] * (_whole(a, new, {}) - 0.05) + fit["overhead_ms"] for a in unseen])
+    assert np.mean(np.abs(after / truth - 1)) < 0.5 * np.mean(np.abs(before / truth - 1))
+    assert spearmanr(after, truth)[0] > spearmanr(before, truth)[0]
+
+
+def test_refit_keeps_prices_that_already_rank_the_networks() -> None:
+    """Networks the LUT predicts exactly: no refit, the prices stay as they are; too few networks
+    to cross-validate: no refit either."""
+    sp = load_space("tiny_darts")
+    archs, prices = _priced(sp, 30, 7)
+    ys = np.array([_whole(a, prices, {}) for a in archs])
+    fit = refit_prices(prices, {}, 1.0, 0.05, archs, ys)
+    assert fit["chosen"] == "none" and fit["cv_spearman"]["none"] == pytest.approx(1.0) and "delta_ms" not in fit
+    few = refit_prices(prices, {}, 1.0, 0.05, archs[: 2 * REFIT_FOLDS - 1], ys[: 2 * REFIT_FOLDS - 1])
+    assert few["chosen"] == "none" and few["cv_spearman"] == {}
+
+
+def test_refit_networks_are_timed_whole_in_the_first_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``refit_nets`` random networks, their own draw (not the calibration networks), are timed
+    whole only (never under the node profiler) in the profile's ``rounds``, not its extra ones;
+    the metadata records the refit. Without them there is none."""
+    import hwnas.profiling.profile as prof
+
+    loads: dict[str, int] = {}
+    monkeypatch.setattr(prof, "loaders", _noisy_loaders(10.0, loads))  # noisy: extra rounds are taken
+    sp = load_space("tiny")
+    s = fast_settings(rounds=3, max_rounds=5, refit_nets=12)
+    work = plan_work(sp, s)
+    drawn = [a.to_json() for a in work.refit.values()]
+    assert len(drawn) == 12 and drawn != [a.to_json() for _, a in calibration_archs(sp, s.seed, 12)]
+    assert [a.to_json() for a in plan_work(sp, s).refit.values()] == drawn  # the same seed, the same networks
+    lut = profile(sp, s, tmp_path / "lut.csv")
+    assert lut.meta["rounds"] == 5 and lut.meta["refit_nets"] == 12
+    want: Counter[str] = Counter()
+    for a in work.nets.values():  # probe and calibration networks: every round
+        want[f"net:{a.to_json()}"] += 5
+    for a in work.refit.values():
+        want[f"net:{a.to_json()}"] += 3
+    assert {n: c for n, c in loads.items() if n.startswith("net:")} == dict(want)
+    refit = lut.meta["model"]["refit"]
+    assert refit["nets"] == 12 + s.calib_nets
+    assert set(refit["cv_spearman"]) == {"none", *(f"{x:g}" for x in REFIT_LAMBDAS)}
+    plain = profile(sp, replace(s, refit_nets=0), tmp_path / "plain.csv")
+    assert plain.meta["model"]["refit"] is None and plain.meta["refit_nets"] == 0
+
+
+def test_refit_nets_must_not_be_negative() -> None:
+    with pytest.raises(HwnasError, match="refit-nets >= 0"):
+        ProfileSettings(refit_nets=-1)
+
+
+def test_a_profile_with_refit_networks_prices_what_whole_networks_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key the node profiler reads at a third of what it adds to a whole network: the profile's
+    refit networks move its price, and the LUT predicts networks of another draw better than the
+    same profile without them."""
+    import hwnas.profiling.profile as prof
+
+    sp = load_space("tiny_darts")
+    archs, true = _priced(sp, 60, 8)
+    per_net = [Counter(n.call.key for n, _ in block_columns(a.plan, {})) for a in archs]
+    varied = max(true, key=lambda k: np.var([c[k] for c in per_net]))
+    seen = {**true, varied: true[varied] / 3}  # what the node profiler reads for it
+
+    def loaders(s):
+        def load_net(arch):
+            blocks = {i: seen[n.call.key] for i, n in enumerate(arch.plan.nodes) if n.call.priced}
+            return _Noisy(_whole(arch, true, {}), blocks, 1.0)
+
+        return (lambda call: _Noisy(seen[call.key], {}, 1.0)), load_net
+
+    monkeypatch.setattr(prof, "loaders", loaders)
+    s = fast_settings(rounds=1, calib_nets=4)
+    plain = profile(sp, s, tmp_path / "plain.csv")
+    refit = profile(sp, replace(s, refit_nets=40), tmp_path / "refit.csv")
+    assert refit.meta["model"]["refit"]["chosen"] != "none"
+    price = dict(zip(refit.table["key"], refit.table["latency_ms"], strict=True))
+    assert price[varied] > 2 * dict(zip(plain.table["key"], plain.table["latency_ms"], strict=True))[varied]
+    truth = np.array([_whole(a, true, {}) for a in archs])
+    err = {
+        lut: np.mean(np.abs(np.array([lut.predict(a).total_ms for a in archs]) / truth - 1)) for lut in (plain, refit)
+    }
+    assert err[refit] < 0.5 * err[plain]
