@@ -224,7 +224,7 @@ def profile(
             min=0,
             max=2000,
             help="Random networks timed whole whose times refit every price (default 0: none). 150 lifted DARTS @ 32 "
-            "rank correlation from 0.988-0.994 to 0.992-0.994, for about 0.7 s a network.",
+            "rank correlation from 0.988-0.994 to 0.993-0.995, for about 0.7 s a network.",
         ),
     ] = None,
     input_size: InputSizeOpt = None,

@@ -973,7 +973,7 @@ def test_refit_moves_a_mispriced_key_towards_what_whole_networks_take(space: str
 
 def test_refit_keeps_prices_that_already_rank_the_networks() -> None:
     """Networks the LUT predicts exactly: no refit, the prices stay as they are; too few networks
-    to cross-validate: no refit either."""
+    to cross-validate, or networks that all take the same time: no refit either."""
     sp = load_space("tiny_darts")
     archs, prices = _priced(sp, 30, 7)
     ys = np.array([_whole(a, prices, {}) for a in archs])
@@ -981,6 +981,8 @@ def test_refit_keeps_prices_that_already_rank_the_networks() -> None:
     assert fit["chosen"] == "none" and fit["cv_spearman"]["none"] == pytest.approx(1.0) and "delta_ms" not in fit
     few = refit_prices(prices, {}, 1.0, 0.05, archs[: 2 * REFIT_FOLDS - 1], ys[: 2 * REFIT_FOLDS - 1])
     assert few["chosen"] == "none" and few["cv_spearman"] == {}
+    alike = refit_prices(prices, {}, 1.0, 0.05, archs, np.full(len(archs), 0.5))  # nothing to rank by
+    assert alike["chosen"] == "none"
 
 
 def test_refit_networks_are_timed_whole_in_the_first_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

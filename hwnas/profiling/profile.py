@@ -426,7 +426,9 @@ def assemble(
                      "ONNX Runtime runs part or all of its work in another node's kernel (an earlier op's ReLU "
                      "of the same input, an earlier edge's identical pool, a conv writing one of the sum's "
                      "inputs that the Add is fused into), at latency_ms where it runs on its own",
-            "fit": "relative least squares over the probe and calibration networks",
+            "fit": "relative least squares over the probe and calibration networks"
+                   + ("; scale, overhead_ms and the prices then refitted on the refit and calibration networks "
+                      "(refit)" if refit and refit["chosen"] != "none" else ""),
             "scale": float(scale), "overhead_ms": float(overhead), "kernel_ms": float(kernel_ms),
             "isolated_share": float(t), "fit_choice": fit["choice"], "refit": refit,
             "fit_mape_pct": float(np.mean([abs(n["error_pct"]) for n in nets])) if nets else None,
@@ -658,7 +660,8 @@ def refit_prices(
             q[fold == f] = x[fold == f] @ fit(fold != f, lam)
         scores[f"{lam:g}"] = float(spearmanr(q, ys)[0])
     out["cv_spearman"] = scores
-    best = max(scores, key=lambda k: (scores[k], k == "none"))  # a tie keeps the prices as they are
+    rank = {k: v if v == v else -1.0 for k, v in scores.items()}  # NaN (networks all alike): no rank
+    best = max(rank, key=lambda k: (rank[k], k == "none"))  # a tie keeps the prices as they are
     if best == "none":
         return out
     coef = fit(np.ones(len(archs), dtype=bool), float(best))
