@@ -982,7 +982,7 @@ def test_refit_keeps_prices_that_already_rank_the_networks() -> None:
     few = refit_prices(prices, {}, 1.0, 0.05, archs[: 2 * REFIT_FOLDS - 1], ys[: 2 * REFIT_FOLDS - 1])
     assert few["chosen"] == "none" and few["cv_spearman"] == {}
     alike = refit_prices(prices, {}, 1.0, 0.05, archs, np.full(len(archs), 0.5))  # nothing to rank by
-    assert alike["chosen"] == "none"
+    assert alike["chosen"] == "none" and alike["cv_spearman"] == {}
 
 
 def test_refit_networks_are_timed_whole_in_the_first_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -643,7 +643,7 @@ def refit_prices(
     x = np.column_stack([p, np.ones(len(archs)), F])
     typical = float(np.mean(ys) / max(np.mean(F.sum(axis=1)), 1.0))
     out: dict[str, Any] = {"nets": len(archs), "chosen": "none", "cv_spearman": {}}
-    if len(archs) < 2 * REFIT_FOLDS or np.ptp(p) <= 0:
+    if len(archs) < 2 * REFIT_FOLDS or np.ptp(p) <= 0 or np.ptp(ys) <= 0:  # too few, or nothing to rank
         return out
 
     def fit(mask: np.ndarray, lam: float) -> np.ndarray:
