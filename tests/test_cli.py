@@ -576,7 +576,12 @@ def test_measure_times_several_models_in_the_same_rounds(
 def test_profile_says_what_its_refit_did(tmp_path: Path, fast_target: Path) -> None:
     res = run("profile", "--space", "tiny", "--target", fast_target, "--refit-nets", "10", "--out", tmp_path / "x.csv")
     assert res.exit_code == 0, res.output
-    assert "refit on 12 random networks timed whole: prices" in res.output  # and the 2 calibration networks
-    assert LUT.load(tmp_path / "x.csv").meta["refit_nets"] == 10
+    meta = LUT.load(tmp_path / "x.csv").meta
+    refit, text = meta["model"]["refit"], " ".join(res.output.split())
+    assert meta["refit_nets"] == 10 and f"refit on {refit['nets']} networks timed whole: prices" in text
+    if refit["chosen"] == "none":
+        assert f"prices kept ({refit['reason']})" in text
+    else:
+        assert f"prices moved (ridge {refit['chosen']};" in text
     res = run("profile", "--space", "tiny", "--refit-nets", "-1", "--out", tmp_path / "y.csv")
     assert res.exit_code == 2 and not (tmp_path / "y.csv").exists()

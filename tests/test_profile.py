@@ -219,7 +219,19 @@ def test_standalone_runner_round_trip(tmp_path: Path) -> None:
     lut = import_results(folder / "times.csv", tmp_path / "lut.csv")
     assert sorted(lut.table["key"]) == sorted(c.key for c in sp.calls())
     assert lut.meta["imported_from"].endswith("times.csv")
-    assert lut.meta["refit_nets"] == 10 and lut.meta["model"]["refit"]["nets"] == 10 + 2  # and the 2 calibration nets
+    whole = plan_work(sp, fast_settings(refit_nets=10)).timed_whole
+    assert lut.meta["refit_nets"] == 10 and lut.meta["model"]["refit"]["nets"] == len(whole)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    older = json.loads(json.dumps(manifest))  # a manifest from before refit networks: their rows are not read
+    del older["hwnas"]["refit"], older["hwnas"]["profile_settings"]["refit_nets"]
+    (folder / "manifest.json").write_text(json.dumps(older))
+    plain = import_results(folder / "times.csv", tmp_path / "plain.csv")
+    assert plain.meta["refit_nets"] == 0 and plain.meta["model"]["refit"] is None
+    older["hwnas"]["refit"] = None
+    (folder / "manifest.json").write_text(json.dumps(older))
+    with pytest.raises(HwnasError, match="not a manifest written by `hwnas profile --emit-onnx`"):
+        import_results(folder / "times.csv", tmp_path / "bad.csv")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     assert lut.table["kernels"].notna().any(), "the board's runner records kernels per block too"
     assert lut.meta["settings"]["onnxruntime"]["inserted_kernels"] == "charged to the block that runs next"
     # a runner from before inserted kernels were charged: its LUT says they were left out
@@ -848,19 +860,22 @@ class _Noisy:
     """A model whose every round reads ``ms`` (a net's blocks: ``blocks``) times its own factor
     for (model, round): 1 on a quiet machine, log-normal on a noisy one."""
 
-    def __init__(self, ms: float, blocks: dict[int, float], factor: float) -> None:
-        self.ms, self.blocks, self.factor = ms, blocks, factor
+    def __init__(self, ms: float, blocks: dict[int, float], factor: float, profiled: Callable[[], None] | None = None):
+        self.ms, self.blocks, self.factor, self.profiled = ms, blocks, factor, profiled
 
     def time(self, s: TimingSettings) -> list[float]:
         return [self.ms * self.factor] * 5
 
     def node_times(self, s: TimingSettings) -> dict[int, list[float]]:
+        if self.profiled:
+            self.profiled()
         return {i: [ms * self.factor] * 5 for i, ms in self.blocks.items()}
 
 
-def _noisy_loaders(noise_pct: float, loads: dict[str, int]):
+def _noisy_loaders(noise_pct: float, loads: dict[str, int], profiled: Counter[str] | None = None):
     """``loaders`` for a profile on a machine whose models read ``noise_pct`` apart from round to
-    round; ``loads`` counts each model's loads (one per round timed)."""
+    round; ``loads`` counts each model's loads (one per round timed), ``profiled`` each network's
+    runs under the node profiler."""
     rng = random.Random(11)
 
     def ms_of(key: str) -> float:
@@ -875,7 +890,9 @@ def _noisy_loaders(noise_pct: float, loads: dict[str, int]):
 
     def load_net(arch):
         blocks = {i: ms_of(n.call.key) for i, n in enumerate(arch.plan.nodes) if n.call.priced}
-        return _Noisy(0.05 + sum(blocks.values()), blocks, factor(f"net:{arch.to_json()}"))
+        name = f"net:{arch.to_json()}"
+        count = None if profiled is None else (lambda: profiled.update([name]))
+        return _Noisy(0.05 + sum(blocks.values()), blocks, factor(name), count)
 
     return lambda s: (load_op, load_net)
 
@@ -992,7 +1009,8 @@ def test_refit_networks_are_timed_whole_in_the_first_rounds(tmp_path: Path, monk
     import hwnas.profiling.profile as prof
 
     loads: dict[str, int] = {}
-    monkeypatch.setattr(prof, "loaders", _noisy_loaders(10.0, loads))  # noisy: extra rounds are taken
+    profiled: Counter[str] = Counter()
+    monkeypatch.setattr(prof, "loaders", _noisy_loaders(10.0, loads, profiled))  # noisy: extra rounds are taken
     sp = load_space("tiny")
     s = fast_settings(rounds=3, max_rounds=5, refit_nets=12)
     work = plan_work(sp, s)
@@ -1007,8 +1025,9 @@ def test_refit_networks_are_timed_whole_in_the_first_rounds(tmp_path: Path, monk
     for a in work.refit.values():
         want[f"net:{a.to_json()}"] += 3
     assert {n: c for n, c in loads.items() if n.startswith("net:")} == dict(want)
+    assert profiled == Counter({f"net:{a.to_json()}": 5 for a in work.nets.values()})  # never a refit network
     refit = lut.meta["model"]["refit"]
-    assert refit["nets"] == 12 + s.calib_nets
+    assert refit["nets"] == len(work.nets) + 12  # every network timed whole
     assert set(refit["cv_spearman"]) == {"none", *(f"{x:g}" for x in REFIT_LAMBDAS)}
     plain = profile(sp, replace(s, refit_nets=0), tmp_path / "plain.csv")
     assert plain.meta["model"]["refit"] is None and plain.meta["refit_nets"] == 0
@@ -1052,3 +1071,27 @@ def test_a_profile_with_refit_networks_prices_what_whole_networks_take(
         lut: np.mean(np.abs(np.array([lut.predict(a).total_ms for a in archs]) / truth - 1)) for lut in (plain, refit)
     }
     assert err[refit] < 0.5 * err[plain]
+
+
+def test_a_refit_is_applied_only_where_its_model_is_plausible() -> None:
+    """A refit whose whole-net model is implausible (scale outside 0.5-2) leaves the prices alone
+    and says why; a plausible one moves them, keeping each at or above 0 and naming those it had
+    to keep there."""
+    from hwnas.profiling.profile import _apply_refit
+
+    sp = load_space("tiny_darts")
+    archs, prices = _priced(sp, 12, 9)
+    low = min(prices, key=prices.get)
+    table = [{"key": k, "latency_ms": v, "shared_ms": None} for k, v in prices.items()]
+    delta = {"main": {low: -2 * prices[low], next(iter(prices)): 0.001}, "shared": {}}
+    refit = {"chosen": "1e-05", "nets": 12, "cv_spearman": {}, "overhead_ms": 0.0, "delta_ms": delta}
+    declined = _apply_refit(table, {**refit, "scale": 3.0}, archs, lambda main: None)
+    assert (
+        declined["chosen"] == "none" and declined["refused"] == "1e-05" and "implausible (scale)" in declined["reason"]
+    )
+    assert "delta_ms" not in declined and [r["latency_ms"] for r in table] == list(prices.values())
+    applied = _apply_refit(table, {**refit, "scale": 1.0}, archs, lambda main: None)
+    price = {r["key"]: r["latency_ms"] for r in table}
+    assert applied["chosen"] == "1e-05" and applied["clamped"] == [f"{low} (latency_ms)"] and price[low] == 0.0
+    first = next(iter(prices))
+    assert price[first] == pytest.approx(prices[first] + 0.001 if first != low else 0.0)

@@ -98,8 +98,8 @@ class ProfileSettings:
     # then more rounds, up to max_rounds, while a whole network's median over the rounds is uncertain by more
     # than steady_pct (its standard error, from how far the networks move from round to round: steady_rounds).
     # Those extra rounds time the networks only: on 4 December 2026 a quiet machine's ProxylessNAS @ 224
-    # networks moved 3-4.6 % from round to round and took 5 rounds, 56 s (the target is 60), of which the
-    # blocks alone were 4.2 s a round. Re-read from five stored 5-round journals (three ProxylessNAS @ 224,
+    # networks moved 2-4.6 % from round to round and took 3-5 rounds, 56-58 s in 5 (the target is 60), of
+    # which the blocks alone were 4.2 s a round. Re-read from five stored 5-round journals (three ProxylessNAS @ 224,
     # two DARTS @ 32) without the blocks alone in rounds 4-5, the LUTs ranked 50 networks as well
     # (Spearman 0.9948 / 0.9950 / 0.9950 against 0.9943 / 0.9948 / 0.9951; 0.9920 / 0.9891 against
     # 0.9920 / 0.9878) and moved 0.2-1.9 % in level, as much as stopping at 3 rounds moved them
@@ -167,6 +167,12 @@ class Work:
     ops: dict[str, OpCall]
     nets: dict[str, Arch]
     refit: dict[str, Arch] = field(default_factory=dict)
+
+    @property
+    def timed_whole(self) -> dict[str, Arch]:
+        """Every network the profile times whole: the probe and calibration networks, then the
+        refit networks."""
+        return {**self.nets, **self.refit}
 
     def jobs(self, load_op: Callable[[OpCall], Timed], load_net: Callable[[Arch], Timed]) -> list[Job]:
         jobs = [Job(n, "op", (lambda c=c: load_op(c))) for n, c in self.ops.items()]
@@ -383,20 +389,19 @@ def assemble(
                 r["shared_ms"] = (1 - t) * r["shared_ms"] + t * r["isolated_ms"]
     scale, overhead = fit["scale"], fit["overhead_ms"]
     refit = None
-    if work.refit:  # the refit networks and the calibration networks: random networks of the space
-        names = [n for n in [*work.refit, *work.nets] if n.startswith(("net:refit-", "net:calib-"))]
-        by = {**work.nets, **work.refit}
+    if work.refit:  # every network timed whole: the probe, calibration and refit networks
+        whole = work.timed_whole
         refit = refit_prices(
             {r["key"]: r["latency_ms"] for r in table},
             {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None},
-            scale, overhead, [by[n] for n in names], np.array([med[n] for n in names]),
+            scale, overhead, list(whole.values()), np.array([med[n] for n in whole]),
         )  # fmt: skip
         if refit["chosen"] != "none":
-            for r in table:
-                r["latency_ms"] = max(0.0, r["latency_ms"] + refit["delta_ms"]["main"].get(r["key"], 0.0))
-                if r["shared_ms"] is not None:
-                    r["shared_ms"] = max(0.0, r["shared_ms"] + refit["delta_ms"]["shared"].get(r["key"], 0.0))
-            scale, overhead = refit["scale"], refit["overhead_ms"]
+            refit = _apply_refit(
+                table, refit, archs, lambda main: fastest_sum(space, main) if space is not None else None
+            )
+            if refit["chosen"] != "none":
+                scale, overhead = refit["scale"], refit["overhead_ms"]
     xs = sums(
         {r["key"]: r["latency_ms"] for r in table},
         {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None},
@@ -420,7 +425,8 @@ def assemble(
             "latency_ms": "(1 - isolated_share) * max(0, profiled_ms - kernel_ms * kernels) + isolated_share * "
                           "isolated_ms: the block's in-network time without what the node profiler adds to each "
                           "kernel it times, blended, where the fit chose it (fit_choice), with its time alone "
-                          "(shared_ms alike, from shared_profiled_ms)",
+                          "(shared_ms alike, from shared_profiled_ms); then, where a refit was chosen (refit), "
+                          "plus refit.delta_ms, not below 0",
             "roles": "a key priced by its role (hwnas.arch.role_priced: a stride-1 cell edge whose op leads "
                      "with a ReLU, a cell edge without weights, a cell node's sum) is priced at shared_ms where "
                      "ONNX Runtime runs part or all of its work in another node's kernel (an earlier op's ReLU "
@@ -610,15 +616,18 @@ def refit_prices(
     ``overhead = a * overhead + c`` and each price moved by ``b_j / (a * scale)`` (the caller
     keeps it at or above 0).
 
-    Returns ``chosen`` (the strength, or ``"none"``), the folds' Spearman per strength and for
-    the prices as they are (``cv_spearman``), ``nets``, and where chosen ``scale``,
-    ``overhead_ms`` and ``delta_ms`` (``{"main": {key: ms}, "shared": {key: ms}}``).
+    Returns ``chosen`` (the strength, or ``"none"`` with the ``reason``), the folds' Spearman per
+    strength and for the prices as they are (``cv_spearman``), ``nets``, and where chosen ``a``,
+    ``c_ms``, the model before (``scale_before``, ``overhead_ms_before``) and after (``scale``,
+    ``overhead_ms``) and ``delta_ms`` (``{"main": {key: ms}, "shared": {key: ms}}``).
 
     Why: on DARTS @ 32 a block's in-network time depends on its neighbours beyond what a price
     per key and role can hold, and the node profiler reads blocks of a few µs coarsely; a LUT
-    ranked 50 networks at Spearman 0.988-0.994 (4 December 2026). Refitted on 150-200 random
-    networks timed whole in 3 rounds (a one-off measurement of 300), the same six LUTs read
-    0.991-0.994, every one at 0.99 or above (``bench/RESULTS.md``).
+    ranked 50 networks at Spearman 0.988-0.994 against four validations combined (4 December
+    2026). Refitted on the first 150 / 200 of 300 random networks timed whole in 3 rounds (a
+    one-off measurement), the same six LUTs read 0.9916-0.9936 / 0.9928-0.9939; in two profiles
+    with 150 refit networks, four LUTs read 0.9930-0.9950 against a fresh validation
+    (``bench/RESULTS.md``).
     """
     from scipy.stats import spearmanr
 
@@ -643,8 +652,10 @@ def refit_prices(
     x = np.column_stack([p, np.ones(len(archs)), F])
     typical = float(np.mean(ys) / max(np.mean(F.sum(axis=1)), 1.0))
     out: dict[str, Any] = {"nets": len(archs), "chosen": "none", "cv_spearman": {}}
-    if len(archs) < 2 * REFIT_FOLDS or np.ptp(p) <= 0 or np.ptp(ys) <= 0:  # too few, or nothing to rank
-        return out
+    if len(archs) < 2 * REFIT_FOLDS:
+        return {**out, "reason": f"fewer than {2 * REFIT_FOLDS} networks timed whole"}
+    if np.ptp(p) <= 0 or np.ptp(ys) <= 0:
+        return {**out, "reason": "the networks all take the same time: nothing to rank them by"}
 
     def fit(mask: np.ndarray, lam: float) -> np.ndarray:
         rows = np.flatnonzero(mask)
@@ -663,15 +674,52 @@ def refit_prices(
     rank = {k: v if v == v else -1.0 for k, v in scores.items()}  # NaN (networks all alike): no rank
     best = max(rank, key=lambda k: (rank[k], k == "none"))  # a tie keeps the prices as they are
     if best == "none":
-        return out
+        return {**out, "reason": "the prices as they are ranked the networks best"}
     coef = fit(np.ones(len(archs), dtype=bool), float(best))
     a, c0, b = float(coef[0]), float(coef[1]), coef[2:]
     if not a > 0:
-        return out
+        return {**out, "reason": f"the refit's weight of the prices as they are, a = {a:.3g}, is not above 0"}
     delta: dict[str, dict[str, float]] = {"main": {}, "shared": {}}
     for (col, key), bj in zip(cols, b, strict=True):
         delta[col][key] = float(bj / (a * scale))
-    return {**out, "chosen": best, "scale": a * scale, "overhead_ms": a * overhead + c0, "delta_ms": delta}
+    fitted = {"a": a, "c_ms": c0, "scale_before": scale, "overhead_ms_before": overhead}
+    return {**out, "chosen": best, **fitted, "scale": a * scale, "overhead_ms": a * overhead + c0, "delta_ms": delta}
+
+
+def _apply_refit(
+    table: list[dict[str, Any]],
+    refit: dict[str, Any],
+    archs: list[Arch],
+    fastest: Callable[[dict[str, float]], float | None],
+) -> dict[str, Any]:
+    """Move ``table``'s prices by a chosen refit (:func:`refit_prices`), each kept at or above 0
+    (the keys where that bit are listed in ``clamped``), where the refitted whole-net model is
+    plausible (:func:`_plausible`, on the probe and calibration networks ``archs`` and the space's
+    fastest network, whose block sum ``fastest`` gives for main prices, None if unknown);
+    otherwise leave the table alone and return the refit declined, with why."""
+    moved = []
+    for r in table:
+        for col, field_ in (("main", "latency_ms"), ("shared", "shared_ms")):
+            if r[field_] is not None and r["key"] in refit["delta_ms"][col]:
+                moved.append((r, field_, r[field_] + refit["delta_ms"][col][r["key"]]))
+    clamped = sorted(f"{r['key']} ({field_})" for r, field_, v in moved if v < 0)
+    lat = {r["key"]: r["latency_ms"] for r in table}
+    sh = {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None}
+    for r, field_, v in moved:
+        (lat if field_ == "latency_ms" else sh)[r["key"]] = max(0.0, v)
+    xs = np.array([sum(ms for _, ms in block_prices(a.plan, lat, sh)) for a in archs], dtype=float)
+    why = _plausible(refit["scale"], refit["overhead_ms"], xs, fastest(lat))
+    if why is not None:
+        kept = {k: v for k, v in refit.items() if k not in ("scale", "overhead_ms", "delta_ms")}
+        return {
+            **kept,
+            "chosen": "none",
+            "refused": refit["chosen"],
+            "reason": f"the refitted model is implausible ({why})",
+        }
+    for r, field_, v in moved:
+        r[field_] = max(0.0, v)
+    return {**refit, "clamped": clamped}
 
 
 def _relative_lstsq(columns: list[np.ndarray], ys: np.ndarray, nonneg: int = 0) -> list[float]:
@@ -840,7 +888,7 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     state = {"space": space_meta(space), "settings": settings, "journal": runner.JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
-        diff = runner.differing(runner.read_json_object(state_file), state)
+        diff = runner.differing(_with_defaults(runner.read_json_object(state_file)), state)
         if diff is None:
             raise HwnasError(f"{state_file} is unreadable; delete {work_dir} to start over")
         if diff[:1] == ["journal"]:
@@ -869,12 +917,12 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     # times. A block alone is a reference figure and a probe of the machine's speed, which the
     # networks' rows also give (see ProfileSettings.max_rounds).
     nets = [j for j in jobs if j.kind == "net"]
-    done = rounds * len(jobs)
+    counted = rounds * len(jobs)  # job-rounds the progress bar has counted
     while rounds < s.max_rounds and not spread["steady"]:
         rounds += 1  # a resumed profile takes the same decisions: on the same rows, rounds already timed are kept
-        step = None if progress is None else _after(progress, done)
+        step = None if progress is None else _after(progress, counted)
         timed += runner.run_jobs(nets, rounds, s.effective_timing, results, step, first_round=rounds - 1)
-        done += len(nets)
+        counted += len(nets)
         spread = steady_rounds(read_rows(results), s, work, rounds)
     rows = [r for r in read_rows(results) if int(r["round"]) < rounds]
     extra = {
@@ -889,6 +937,16 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir.rename(done)
     shutil.rmtree(done, ignore_errors=True)
     return lut
+
+
+def _with_defaults(prior: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A profile's recorded state with the settings it predates (fields added to
+    :class:`ProfileSettings` since, e.g. ``refit_nets``) at their defaults, which is what that
+    profile timed with."""
+    if prior is None or not isinstance(prior.get("settings"), dict):
+        return prior
+    defaults = {k: v for k, v in ProfileSettings().to_dict().items() if k != "block_reading"}
+    return {**prior, "settings": {**defaults, **prior["settings"]}}
 
 
 def _after(progress: Progress, done: int) -> Progress:
@@ -967,7 +1025,7 @@ def import_results(times_csv: Path, out: Path, manifest_dir: Path | None = None,
         raise HwnasError(
             f"{folder / runner.MANIFEST}: missing; --import needs the folder written by --emit-onnx"
         ) from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise HwnasError(
             f"{folder / runner.MANIFEST}: not a manifest written by `hwnas profile --emit-onnx` ({e})"
         ) from None

@@ -5,6 +5,7 @@ This file is imported by ``hwnas profile`` and is also the standalone runner for
 torch and hwnas are absent (``profilers/ort_runner.py`` is this file):
 
     hwnas profile --space proxyless --emit-onnx ops/      # workstation: per-op models + probe nets
+                                                          # (+ refit networks, timed whole: kind "model")
     python ort_runner.py ops/                             # board: writes ops/times.csv
     hwnas profile --space proxyless --import ops/times.csv --out my.csv   # workstation: the LUT
 
