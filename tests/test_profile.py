@@ -1095,3 +1095,28 @@ def test_a_refit_is_applied_only_where_its_model_is_plausible() -> None:
     assert applied["chosen"] == "1e-05" and applied["clamped"] == [f"{low} (latency_ms)"] and price[low] == 0.0
     first = next(iter(prices))
     assert price[first] == pytest.approx(prices[first] + 0.001 if first != low else 0.0)
+
+
+def test_a_profile_interrupted_before_a_settings_field_existed_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A journal whose recorded settings lack a field added since (``refit_nets``) was timed with
+    its default: it resumes, while one recorded with another value is still refused."""
+    import hwnas.profiling.profile as prof
+
+    monkeypatch.setattr(prof, "loaders", _noisy_loaders(0.0, {}))
+    sp, s, out = load_space("tiny"), fast_settings(), tmp_path / "lut.csv"
+
+    def interrupt(done: int, total: int, name: str) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        profile(sp, s, out, interrupt)
+    state = tmp_path / "lut.csv.work" / "state.json"
+    recorded = json.loads(state.read_text())
+    del recorded["settings"]["refit_nets"]
+    state.write_text(json.dumps(recorded))
+    with pytest.raises(HwnasError, match="interrupted profile with other settings"):
+        profile(sp, replace(s, refit_nets=12), out)
+    assert profile(sp, s, out).meta["resumed"] is True
