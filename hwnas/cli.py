@@ -242,7 +242,7 @@ def profile(
             min=0,
             max=2000,
             help="Random networks timed whole whose times refit every price (default 0: none). 150 lifted DARTS @ 32 "
-            "rank correlation against a fresh validation from 0.988-0.993 to 0.993-0.995, for about 0.7 s a network.",
+            "rank correlation against a fresh validation from 0.988-0.993 to 0.991-0.995, for about 0.7 s a network.",
         ),
     ] = None,
     input_size: InputSizeOpt = None,

@@ -625,8 +625,9 @@ def refit_prices(
     per key and role can hold, and the node profiler reads blocks of a few µs coarsely; a LUT
     ranked 50 networks at Spearman 0.988-0.994 against four validations combined (4 December
     2026). Refitted on the first 150 / 200 of 300 random networks timed whole in 3 rounds (a
-    one-off measurement), the same six LUTs read 0.9916-0.9936 / 0.9928-0.9939; in two profiles
-    with 150 refit networks, four LUTs read 0.9930-0.9950 against a fresh validation
+    one-off measurement), the same six LUTs read 0.9916-0.9936 / 0.9928-0.9939; in fidelity runs
+    with 150 refit networks, six LUTs read 0.9908-0.9950 against a fresh validation. It lifts the
+    floor more than the mean: paired on two profiles it cost one 0.001 and gave the other 0.0045
     (``bench/RESULTS.md``).
     """
     from scipy.stats import spearmanr
