@@ -1085,12 +1085,16 @@ def test_a_refit_is_applied_only_where_its_model_is_plausible() -> None:
     table = [{"key": k, "latency_ms": v, "shared_ms": None} for k, v in prices.items()]
     delta = {"main": {low: -2 * prices[low], next(iter(prices)): 0.001}, "shared": {}}
     refit = {"chosen": "1e-05", "nets": 12, "cv_spearman": {}, "overhead_ms": 0.0, "delta_ms": delta}
-    declined = _apply_refit(table, {**refit, "scale": 3.0}, archs, lambda main: None)
+
+    def sums(main: dict[str, float], shared: dict[str, float]) -> np.ndarray:
+        return np.array([sum(ms for _, ms in block_prices(a.plan, main, shared)) for a in archs])
+
+    declined = _apply_refit(table, {**refit, "scale": 3.0}, sums, lambda main: None)
     assert (
         declined["chosen"] == "none" and declined["refused"] == "1e-05" and "implausible (scale)" in declined["reason"]
     )
     assert "delta_ms" not in declined and [r["latency_ms"] for r in table] == list(prices.values())
-    applied = _apply_refit(table, {**refit, "scale": 1.0}, archs, lambda main: None)
+    applied = _apply_refit(table, {**refit, "scale": 1.0}, sums, lambda main: None)
     price = {r["key"]: r["latency_ms"] for r in table}
     assert applied["chosen"] == "1e-05" and applied["clamped"] == [f"{low} (latency_ms)"] and price[low] == 0.0
     first = next(iter(prices))

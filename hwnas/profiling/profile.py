@@ -379,8 +379,7 @@ def assemble(
     def floor(t: float) -> float | None:  # the fastest network's block sum, blocks at (1 - t) latency + t isolated
         return fastest_sum(space, {k: (1 - t) * lat[k] + t * iso[k] for k in lat}) if space is not None else None
 
-    shared = {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None}
-    fit = fit_whole(sums(lat, shared), sums(iso, {}), ys, floor)
+    fit = fit_whole(sums(*_prices(table)), sums(iso, {}), ys, floor)
     t = fit["isolated_share"]
     if t:  # a block in any role: a blend of its price there and its time alone
         for r in table:
@@ -391,21 +390,14 @@ def assemble(
     refit = None
     if work.refit:  # every network timed whole: the probe, calibration and refit networks
         whole = work.timed_whole
-        refit = refit_prices(
-            {r["key"]: r["latency_ms"] for r in table},
-            {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None},
-            scale, overhead, list(whole.values()), np.array([med[n] for n in whole]),
-        )  # fmt: skip
+        refit = refit_prices(*_prices(table), scale, overhead, list(whole.values()), np.array([med[n] for n in whole]))
         if refit["chosen"] != "none":
             refit = _apply_refit(
-                table, refit, archs, lambda main: fastest_sum(space, main) if space is not None else None
+                table, refit, sums, lambda main: fastest_sum(space, main) if space is not None else None
             )
             if refit["chosen"] != "none":
                 scale, overhead = refit["scale"], refit["overhead_ms"]
-    xs = sums(
-        {r["key"]: r["latency_ms"] for r in table},
-        {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None},
-    )
+    xs = sums(*_prices(table))
     pred = scale * xs + overhead
     nets = [
         {"name": n.removeprefix("net:"), "measured_ms": float(y), "sum_ms": float(x), "predicted_ms": float(p),
@@ -687,16 +679,26 @@ def refit_prices(
     return {**out, "chosen": best, **fitted, "scale": a * scale, "overhead_ms": a * overhead + c0, "delta_ms": delta}
 
 
+def _prices(table: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """A table's prices (ms) by key: in the main role (``latency_ms``) and, where it has one, in
+    the shared role (``shared_ms``); what :func:`hwnas.lut.block_prices` takes."""
+    return (
+        {r["key"]: r["latency_ms"] for r in table},
+        {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None},
+    )
+
+
 def _apply_refit(
     table: list[dict[str, Any]],
     refit: dict[str, Any],
-    archs: list[Arch],
+    sums: Callable[[dict[str, float], dict[str, float]], np.ndarray],
     fastest: Callable[[dict[str, float]], float | None],
 ) -> dict[str, Any]:
     """Move ``table``'s prices by a chosen refit (:func:`refit_prices`), each kept at or above 0
     (the keys where that bit are listed in ``clamped``), where the refitted whole-net model is
-    plausible (:func:`_plausible`, on the probe and calibration networks ``archs`` and the space's
-    fastest network, whose block sum ``fastest`` gives for main prices, None if unknown);
+    plausible (:func:`_plausible`, on the block sums ``sums`` gives of the probe and calibration
+    networks for main and shared prices, and on the space's fastest network, whose block sum
+    ``fastest`` gives for main prices, None if unknown);
     otherwise leave the table alone and return the refit declined, with why."""
     moved = []
     for r in table:
@@ -704,12 +706,10 @@ def _apply_refit(
             if r[field_] is not None and r["key"] in refit["delta_ms"][col]:
                 moved.append((r, field_, r[field_] + refit["delta_ms"][col][r["key"]]))
     clamped = sorted(f"{r['key']} ({field_})" for r, field_, v in moved if v < 0)
-    lat = {r["key"]: r["latency_ms"] for r in table}
-    sh = {r["key"]: r["shared_ms"] for r in table if r["shared_ms"] is not None}
+    lat, sh = _prices(table)
     for r, field_, v in moved:
         (lat if field_ == "latency_ms" else sh)[r["key"]] = max(0.0, v)
-    xs = np.array([sum(ms for _, ms in block_prices(a.plan, lat, sh)) for a in archs], dtype=float)
-    why = _plausible(refit["scale"], refit["overhead_ms"], xs, fastest(lat))
+    why = _plausible(refit["scale"], refit["overhead_ms"], sums(lat, sh), fastest(lat))
     if why is not None:
         kept = {k: v for k, v in refit.items() if k not in ("scale", "overhead_ms", "delta_ms")}
         return {
@@ -884,8 +884,7 @@ def _profile(space: Space, s: ProfileSettings, out: Path, progress: Progress | N
     work_dir = out.with_name(out.name + ".work")
     for stale in out.parent.glob(f"{glob.escape(work_dir.name)}.done-*"):  # a kill while deleting a journal
         shutil.rmtree(stale, ignore_errors=True)
-    # block_reading says how rows are read into the LUT, not what is timed: a journal of either resumes
-    settings = {k: v for k, v in s.to_dict().items() if k != "block_reading"}
+    settings = _resume_settings(s)
     state = {"space": space_meta(space), "settings": settings, "journal": runner.JOURNAL}
     state_file = work_dir / "state.json"
     if state_file.exists():
@@ -946,8 +945,14 @@ def _with_defaults(prior: dict[str, Any] | None) -> dict[str, Any] | None:
     profile timed with."""
     if prior is None or not isinstance(prior.get("settings"), dict):
         return prior
-    defaults = {k: v for k, v in ProfileSettings().to_dict().items() if k != "block_reading"}
-    return {**prior, "settings": {**defaults, **prior["settings"]}}
+    return {**prior, "settings": {**_resume_settings(ProfileSettings()), **prior["settings"]}}
+
+
+def _resume_settings(s: ProfileSettings) -> dict[str, Any]:
+    """The settings a profile's journal records, and must match to be resumed: all but
+    ``block_reading``, which says how rows are read into the LUT, not what is timed (a journal
+    of either resumes)."""
+    return {k: v for k, v in s.to_dict().items() if k != "block_reading"}
 
 
 def _after(progress: Progress, done: int) -> Progress:
